@@ -1,0 +1,107 @@
+"""Row-sparse Adam/AdamW step: update only K selected rows of a ``[V, D]`` table, with ``[K, D]`` state.
+
+The functional op behind :class:`steu_ext.optim.RowSparseAdam`; every row not in ``rows`` is left
+bit-identical.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _backend
+from .._validate import check_int_tensor, check_range, check_tensor, validation_enabled
+from ..reference import row_adam as _ref
+
+__all__ = ["row_adam_", "check_rows", "gather_sparse_rows"]
+
+PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_rows(rows, num_rows: int, device: torch.device, validate: Optional[bool] = None) -> torch.Tensor:
+    """Validate a row-id set (1-D integer, unique, in ``[0, num_rows)``) and return it as int64."""
+    if isinstance(rows, torch.Tensor):
+        r = check_int_tensor(rows, "rows", ndim=1)
+    else:
+        try:
+            r = torch.as_tensor(list(rows), dtype=torch.int64)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"rows must be a 1-D tensor or sequence of ints: {e}") from None
+        if r.dim() != 1:
+            raise ValueError(f"rows must be 1-D, got shape {tuple(r.shape)}")
+    r = r.to(device=device, dtype=torch.int64)
+    if validation_enabled(validate) and r.numel():
+        check_range(r, 0, num_rows, "rows", f"a table with {num_rows} rows")
+        if torch.unique(r).numel() != r.numel():
+            raise ValueError("rows contains duplicate ids")
+    return r.contiguous()
+
+
+def gather_sparse_rows(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Gradient rows ``[K, D]`` for ``rows`` from a sparse COO gradient (``nn.Embedding(sparse=True)``)."""
+    g = grad.coalesce()
+    V, D = g.shape
+    pos = torch.full((V,), -1, dtype=torch.int64, device=g.device)
+    pos[rows] = torch.arange(rows.numel(), device=g.device)
+    sel = pos[g.indices()[0]]
+    keep = sel >= 0
+    out = torch.zeros(rows.numel(), D, dtype=g.dtype, device=g.device)
+    out.index_add_(0, sel[keep], g.values()[keep])
+    return out
+
+
+def row_adam_(param: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor, exp_avg: torch.Tensor,
+              exp_avg_sq: torch.Tensor, step: torch.Tensor, *, lr: float, beta1: float = 0.9,
+              beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0, decoupled: bool = False,
+              maximize: bool = False, validate: Optional[bool] = None) -> None:
+    """One in-place Adam (``decoupled=False``) or AdamW (``decoupled=True``) step on ``param[rows]``.
+
+    ``param`` ``[V, D]`` fp32/fp16/bf16; ``grad`` ``[V, D]`` (dense), ``[K, D]`` rows already gathered, or a
+    sparse COO ``[V, D]``; ``exp_avg``/``exp_avg_sq`` fp32 ``[K, D]``; ``step`` a 0-dim tensor holding the
+    step count *after* this step (the caller increments it). Mutates param, exp_avg and exp_avg_sq.
+    """
+    check_tensor(param, "param", ndim=2, dtypes=PARAM_DTYPES)
+    device = param.device
+    V, D = param.shape
+    rows = check_rows(rows, V, device, validate)
+    K = rows.numel()
+    check_tensor(grad, "grad", ndim=2, device=device)
+    if grad.is_sparse:
+        if tuple(grad.shape) != (V, D):
+            raise ValueError(f"sparse grad has shape {tuple(grad.shape)}, expected {(V, D)}")
+        grad, gathered = gather_sparse_rows(grad, rows), True
+    elif tuple(grad.shape) == (V, D):
+        gathered = False
+    elif tuple(grad.shape) == (K, D):
+        gathered = True
+    else:
+        raise ValueError(f"grad has shape {tuple(grad.shape)}; expected {(V, D)} or gathered {(K, D)}")
+    if grad.dtype != param.dtype:
+        raise TypeError(f"grad dtype {grad.dtype} does not match param dtype {param.dtype}")
+    for name, s in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        check_tensor(s, name, ndim=2, dtypes=(torch.float32,), device=device)
+        if tuple(s.shape) != (K, D):
+            raise ValueError(f"{name} has shape {tuple(s.shape)}, expected {(K, D)}")
+        if not s.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (it is updated in place)")
+    check_tensor(step, "step", device=device)
+    if step.numel() != 1:
+        raise ValueError("step must be a single-element tensor")
+    if not param.is_contiguous():
+        raise ValueError("param must be contiguous (it is updated in place)")
+    if not 0.0 <= beta1 < 1.0 or not 0.0 <= beta2 < 1.0:
+        raise ValueError(f"betas must lie in [0, 1), got ({beta1}, {beta2})")
+    if K == 0:
+        return
+    _, fn = _backend.resolve("row_adam", device)
+    fn(param, grad.contiguous(), rows, exp_avg, exp_avg_sq, step.reshape(()).float(), float(lr),
+       float(beta1), float(beta2), float(eps), float(weight_decay), bool(decoupled), bool(maximize),
+       gathered)
+
+
+def _cpp_row_adam_(*args):
+    torch.ops.steu_ext.row_adam_(*args)
+
+
+_backend.register_kernel("row_adam", "reference", _ref.row_adam_)
+_backend.register_kernel("row_adam", "cpu", _cpp_row_adam_, _backend.cpu_ext_unavailable)
