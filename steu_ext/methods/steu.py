@@ -1,0 +1,247 @@
+"""STEU — Sparse Token Embedding Unlearning (class-level unlearning of encoder classifiers).
+
+Count document-level token x class statistics over the training corpus with the model's own tokenizer,
+score tokens for the target class (fw-PMI by default), select k, then train *only* those word-embedding
+rows plus the classifier head with
+
+    L = L_forget(forget batch) + lambda * L_utility(retain batch)
+
+multi-label (sigmoid) heads: L_forget = BCE(sigmoid(z_t), 0); L_utility = mean over c != t of
+BCE(sigmoid(z_c), sigmoid(z0_c)) against the frozen original model z0. Single-label (softmax) heads:
+L_forget = -log(1 - p_t); L_utility = KL(softmax(z0 without t) || softmax(z without t)).
+An epoch is one pass over the forget documents; retain batches cycle alongside.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..eval.metrics import snapshot
+from ..ops.doc_counts import PMICounter
+from ..ops.pmi import MEASURES, select_top_k
+from ..optim import RowSparseAdam
+from ._model import Encoded, embedding_param_name, find_head, is_multi_label, predict_logits
+from .edit import STEUEdit
+
+log = logging.getLogger("steu_ext")
+
+
+@dataclass
+class STEUConfig:
+    k: int = 256                      # embedding rows to edit
+    measure: str = "fwpmi"            # token score: fwpmi | pmi | ppmi | npmi
+    alpha: float = 0.0                # add-alpha smoothing of the PMI estimates
+    min_count: int = 1                # ignore tokens in fewer documents than this
+    epochs: int = 5
+    lr: float = 1e-3                  # embedding rows
+    head_lr: float = 1e-2             # classifier head
+    weight_decay: float = 0.0
+    utility_weight: float = 1.0       # lambda
+    batch_size: int = 16              # forget and retain batch size
+    max_length: int = 128
+    train_embeddings: bool = True     # ablation switches
+    train_head: bool = True
+    head_modules: Optional[List[str]] = None
+    multi_label: Optional[bool] = None  # None: from model.config.problem_type
+    seed: int = 0
+
+    def validate(self, vocab_size: int) -> None:
+        if self.measure not in MEASURES:
+            raise ValueError(f"unknown measure {self.measure!r}; expected one of {MEASURES}")
+        if not isinstance(self.k, int) or self.k < 0:
+            raise ValueError(f"k must be an int >= 0, got {self.k!r}")
+        if self.k > vocab_size:
+            raise ValueError(f"k={self.k} is larger than the vocabulary ({vocab_size} tokens)")
+        for name in ("epochs", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if not (self.train_embeddings or self.train_head):
+            raise ValueError("nothing to train: train_embeddings and train_head are both off")
+
+
+@dataclass
+class STEUResult:
+    model: nn.Module
+    edit: STEUEdit
+    selected_tokens: torch.Tensor     # int64 [k'] selected row ids, best first
+    token_scores: torch.Tensor        # float64 [k'] their scores
+    history: List[Dict[str, float]] = field(default_factory=list)
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+
+def label_matrix(labels, num_classes: int) -> torch.Tensor:
+    """``[N, C]`` float 0/1 from class ids ``[N]``, lists of class ids, or a ``[N, C]`` 0/1 matrix."""
+    if isinstance(labels, torch.Tensor) and labels.dim() == 2:
+        if labels.shape[1] != num_classes:
+            raise ValueError(f"label matrix has {labels.shape[1]} columns, the model has {num_classes} classes")
+        return labels.float()
+    out = torch.zeros(len(labels), num_classes)
+    for i, y in enumerate(labels):
+        ys = [int(y)] if isinstance(y, (int, torch.Tensor)) and not (isinstance(y, torch.Tensor) and y.dim()) else [int(v) for v in y]
+        for c in ys:
+            if not 0 <= c < num_classes:
+                raise ValueError(f"label {c} of document {i} is out of range for {num_classes} classes")
+            out[i, c] = 1.0
+    return out
+
+
+def resolve_target(target, label_names: Sequence[str]) -> int:
+    """Class index from an index or a class name (clear error for unknown names)."""
+    if isinstance(target, str) and not target.lstrip("-").isdigit():
+        if target not in label_names:
+            raise ValueError(f"unknown class name {target!r}; the classes are {list(label_names)}")
+        return list(label_names).index(target)
+    t = int(target)
+    if not 0 <= t < len(label_names):
+        raise ValueError(f"target class {t} is out of range for {len(label_names)} classes")
+    return t
+
+
+def count_tokens(data: Encoded, num_tokens: int, num_classes: int, batch_size: int = 512) -> PMICounter:
+    """Document-level token x class counts over the tokenized corpus."""
+    counter = PMICounter(num_tokens, num_classes)
+    idx = list(range(len(data)))
+    for part, b in data.batches(idx, batch_size):
+        counter.update(b["input_ids"], data.labels[part].to(torch.uint8), attention_mask=b["attention_mask"])
+    return counter
+
+
+def _forget_loss(z: torch.Tensor, target: int, multi_label: bool) -> torch.Tensor:
+    if multi_label:
+        return F.softplus(z[:, target]).mean()  # == BCE(sigmoid(z_t), 0)
+    others = torch.cat([z[:, :target], z[:, target + 1:]], 1)
+    return (torch.logsumexp(z, 1) - torch.logsumexp(others, 1)).mean()  # -log(1 - p_t)
+
+
+def _utility_loss(z: torch.Tensor, z0: torch.Tensor, target: int, multi_label: bool) -> torch.Tensor:
+    keep = [c for c in range(z.shape[1]) if c != target]
+    if not keep:
+        return z.new_zeros(())
+    z, z0 = z[:, keep], z0[:, keep]
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(z, torch.sigmoid(z0))
+    return F.kl_div(F.log_softmax(z, 1), F.log_softmax(z0, 1), log_target=True, reduction="batchmean")
+
+
+def unlearn(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
+            config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
+            encoded: Optional[Encoded] = None, progress: bool = False) -> STEUResult:
+    """Unlearn class ``target`` (index or name) from ``model`` in place with STEU.
+
+    ``texts``/``labels`` are the training corpus (labels: class ids, lists of ids, or a 0/1 matrix);
+    documents carrying the target label form the forget set, the rest the retain set.
+    """
+    cfg = config or STEUConfig()
+    C = model.config.num_labels
+    names = list(label_names) if label_names is not None else [str(i) for i in range(C)]
+    if len(names) != C:
+        raise ValueError(f"{len(names)} label names given but the model has {C} classes")
+    target = resolve_target(target, names)
+    emb_name = embedding_param_name(model)
+    params = dict(model.named_parameters())
+    emb = params[emb_name]
+    V = emb.shape[0]
+    cfg.validate(V)
+    multi = is_multi_label(model, cfg.multi_label)
+    head = find_head(model, cfg.head_modules)
+    if len(texts) == 0:
+        raise ValueError("the training corpus is empty")
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+
+    t0 = time.perf_counter()
+    data = encoded or Encoded(tokenizer, texts, label_matrix(labels, C), cfg.max_length)
+    forget = [i for i in range(len(data)) if data.labels[i, target] > 0]
+    retain = [i for i in range(len(data)) if data.labels[i, target] == 0]
+    if not forget:
+        raise ValueError(f"no training document carries the target class {names[target]!r}")
+    if not retain:
+        raise ValueError("every training document carries the target class: nothing to retain")
+    t_tok = time.perf_counter()
+
+    # 1-3: count, score, select
+    counter = count_tokens(data, V, C)
+    scores = counter.scores(target, measure=cfg.measure, alpha=cfg.alpha, min_count=cfg.min_count)
+    special = [i for i in getattr(tokenizer, "all_special_ids", []) if 0 <= i < V]
+    rows = select_top_k(scores, cfg.k, exclude_ids=special) if cfg.train_embeddings else torch.zeros(0, dtype=torch.long)
+    t_sel = time.perf_counter()
+
+    original = snapshot(model)
+    device = emb.device
+    # the frozen original model's logits on the retain set: the distillation targets
+    z0 = predict_logits(model, data, retain, batch_size=64)
+    z0_of = {i: r for r, i in enumerate(retain)}
+
+    # 4: freeze everything except the selected rows and the head
+    saved_flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    groups = []
+    if cfg.train_embeddings and rows.numel():
+        emb.requires_grad_(True)
+        groups.append({"params": [emb], "rows": rows.to(device), "lr": cfg.lr})
+    if cfg.train_head:
+        for p in head.values():
+            p.requires_grad_(True)
+        groups.append({"params": list(head.values()), "lr": cfg.head_lr})
+    opt = RowSparseAdam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    # 5: train; eval mode keeps dropout off so the frozen parts compute exactly what the original did
+    was_training = model.training
+    model.eval()
+    rng = random.Random(cfg.seed)
+    history: List[Dict[str, float]] = []
+    retain_order: List[int] = []
+    steps_per_epoch = (len(forget) + cfg.batch_size - 1) // cfg.batch_size
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="STEU", unit="step")
+    try:
+        for epoch in range(cfg.epochs):
+            f_order = forget[:]
+            rng.shuffle(f_order)
+            for s in range(steps_per_epoch):
+                fb = f_order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+                if len(retain_order) < cfg.batch_size:
+                    more = retain[:]
+                    rng.shuffle(more)
+                    retain_order += more
+                rb, retain_order = retain_order[:cfg.batch_size], retain_order[cfg.batch_size:]
+                batch = data.batch(fb + rb)
+                z = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+                lf = _forget_loss(z[:len(fb)], target, multi)
+                lu = _utility_loss(z[len(fb):], z0[[z0_of[i] for i in rb]].to(device), target, multi)
+                loss = lf + cfg.utility_weight * lu
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                history.append({"epoch": epoch, "loss": float(loss), "forget_loss": float(lf),
+                                "utility_loss": float(lu)})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(forget=f"{float(lf):.3f}", utility=f"{float(lu):.4f}")
+    finally:
+        if bar is not None:
+            bar.close()
+        opt.zero_grad(set_to_none=True)
+        for n, p in model.named_parameters():
+            p.requires_grad_(saved_flags[n])
+        model.train(was_training)
+    t_end = time.perf_counter()
+
+    meta = {"method": "steu", "target": target, "target_name": names[target], "label_names": names,
+            "config": asdict(cfg), "selected_tokens": rows.tolist(), "multi_label": multi,
+            "base_model": getattr(model.config, "_name_or_path", None)}
+    edit = STEUEdit.from_diff(original, model, emb_name, head if cfg.train_head else {}, meta)
+    sel_scores = scores[rows] if rows.numel() else torch.zeros(0, dtype=torch.float64)
+    return STEUResult(model, edit, rows, sel_scores, history,
+                      {"tokenize": t_tok - t0, "count_and_select": t_sel - t_tok,
+                       "train": t_end - t_sel, "total": t_end - t0})
