@@ -71,7 +71,7 @@ def train_classifier(model: nn.Module, data: Encoded, idx: Sequence[int], *, mod
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                tot += float(loss) * len(j)
+                tot += loss.item() * len(j)
             losses.append(tot / len(idx))
         return losses
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr or 5e-4)
@@ -86,7 +86,7 @@ def train_classifier(model: nn.Module, data: Encoded, idx: Sequence[int], *, mod
             opt.zero_grad()
             loss.backward()
             opt.step()
-            tot += float(loss) * len(part)
+            tot += loss.item() * len(part)
         losses.append(tot / len(idx))
     model.eval()
     return losses

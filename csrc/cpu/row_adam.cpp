@@ -1,0 +1,107 @@
+// CPU kernel for steu_ext::row_adam_: one Adam/AdamW step on the K rows `rows` of a [V, D] parameter.
+//
+// Same arithmetic as torch.optim.Adam/AdamW's single-tensor path (lerp for the first moment, bias
+// corrections in double, denom = sqrt(v) / sqrt(bc2) + eps), done in float32 with the moments in float32
+// and the parameter read/written in its own dtype. Rows are independent; work is split over K * D.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+namespace steu_ext {
+namespace {
+
+template <typename scalar_t>
+void row_adam_impl(scalar_t* param, const scalar_t* grad, const int64_t* rows, float* exp_avg,
+                   float* exp_avg_sq, int64_t K, int64_t D, bool grad_gathered, float lerp_w,
+                   bool lerp_small, float beta2, float one_minus_beta2, float step_size, float bc2_sqrt,
+                   float eps, float wd, bool coupled_wd, float decay, bool decoupled_wd, bool maximize) {
+  // Whole rows per task when D is large, several rows when it is small.
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
+  at::parallel_for(0, K, grain, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      scalar_t* p_row = param + rows[k] * D;
+      const scalar_t* g_row = grad + (grad_gathered ? k : rows[k]) * D;
+      float* m_row = exp_avg + k * D;
+      float* v_row = exp_avg_sq + k * D;
+      for (int64_t j = 0; j < D; ++j) {
+        float p = static_cast<float>(p_row[j]);
+        float g = static_cast<float>(g_row[j]);
+        if (maximize) g = -g;
+        if (coupled_wd) g = g + wd * p;
+        if (decoupled_wd) p = p * decay;
+        const float m0 = m_row[j];
+        // at::lerp: self + w * (end - self) for |w| < 0.5, else end - (end - self) * (1 - w)
+        const float m = lerp_small ? m0 + lerp_w * (g - m0) : g - (g - m0) * (1.0f - lerp_w);
+        const float v = v_row[j] * beta2 + one_minus_beta2 * g * g;
+        const float denom = std::sqrt(v) / bc2_sqrt + eps;
+        p = p - step_size * m / denom;
+        m_row[j] = m;
+        v_row[j] = v;
+        p_row[j] = static_cast<scalar_t>(p);
+      }
+    }
+  });
+}
+
+void row_adam_cpu(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& rows,
+                  const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq, const at::Tensor& step, double lr,
+                  double beta1, double beta2, double eps, double weight_decay, bool decoupled, bool maximize,
+                  bool grad_gathered) {
+  TORCH_CHECK(param.dim() == 2 && param.is_contiguous(), "row_adam_: param must be a contiguous 2-D tensor");
+  const auto dt = param.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
+              "row_adam_: param must be float32, float16 or bfloat16, got ", dt);
+  TORCH_CHECK(grad.scalar_type() == dt, "row_adam_: grad dtype ", grad.scalar_type(), " != param dtype ", dt);
+  TORCH_CHECK(rows.scalar_type() == at::kLong && rows.dim() == 1 && rows.is_contiguous(),
+              "row_adam_: rows must be a contiguous 1-D int64 tensor");
+  const int64_t V = param.size(0), D = param.size(1), K = rows.size(0);
+  TORCH_CHECK(grad.is_contiguous() && grad.dim() == 2 && grad.size(0) == (grad_gathered ? K : V) &&
+                  grad.size(1) == D,
+              "row_adam_: grad must be contiguous with shape [", grad_gathered ? K : V, ", ", D, "], got ",
+              grad.sizes());
+  for (const at::Tensor* s : {&exp_avg, &exp_avg_sq}) {
+    TORCH_CHECK(s->scalar_type() == at::kFloat && s->is_contiguous() && s->dim() == 2 && s->size(0) == K &&
+                    s->size(1) == D,
+                "row_adam_: exp_avg and exp_avg_sq must be contiguous float32 [", K, ", ", D, "], got ",
+                s->scalar_type(), " ", s->sizes());
+  }
+  TORCH_CHECK(step.numel() == 1, "row_adam_: step must hold one value, got ", step.numel());
+  if (K == 0 || D == 0) return;
+
+  const int64_t* rows_p = rows.data_ptr<int64_t>();
+  for (const auto k : c10::irange(K)) {
+    TORCH_CHECK(rows_p[k] >= 0 && rows_p[k] < V, "row_adam_: rows[", k, "] = ", rows_p[k],
+                " is outside [0, ", V, ")");
+  }
+
+  const double t = step.item<double>();
+  TORCH_CHECK(t >= 1, "row_adam_: step must be >= 1 (increment it before the call), got ", t);
+  const double bc1 = 1.0 - std::pow(beta1, t);
+  const double bc2 = 1.0 - std::pow(beta2, t);
+  const float step_size = static_cast<float>(lr / bc1);
+  const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
+  const double lerp_w = 1.0 - beta1;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "row_adam_", [&] {
+    row_adam_impl<scalar_t>(param.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), rows_p,
+                            exp_avg.data_ptr<float>(), exp_avg_sq.data_ptr<float>(), K, D, grad_gathered,
+                            static_cast<float>(lerp_w), std::abs(lerp_w) < 0.5, static_cast<float>(beta2),
+                            static_cast<float>(1.0 - beta2), step_size, bc2_sqrt, static_cast<float>(eps),
+                            static_cast<float>(weight_decay), weight_decay != 0 && !decoupled,
+                            static_cast<float>(1.0 - lr * weight_decay), weight_decay != 0 && decoupled,
+                            maximize);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(steu_ext, CPU, m) {
+  m.impl("row_adam_", &row_adam_cpu);
+}
+
+}  // namespace steu_ext
