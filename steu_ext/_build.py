@@ -13,6 +13,7 @@ fresh build and an unchanged one is only loaded:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -27,8 +28,11 @@ import torch
 
 __all__ = ["load_cpu_ops", "cpu_ops_available", "cpu_ops_error"]
 
+log = logging.getLogger("steu_ext")
+
 _EXT_NAME = "steu_ext_cpu"
-_CFLAGS = ["-O3", "-fopenmp"]
+# -fno-math-errno lets sqrt vectorize (row_adam_); nothing here reads errno.
+_CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno"]
 _LDFLAGS = ["-fopenmp"]
 _OPS = ("doc_counts", "row_adam_", "grad_project_", "grad_project_basis_")
 # A build of these few files takes about a minute; a lock older than this was left by a killed build.
@@ -112,21 +116,35 @@ def _ensure_compiler() -> None:
             "without it (STEU_EXT_BACKEND=reference).")
 
 
-def _clear_stale_lock(build_dir: Path) -> None:
+def _wait_for_lock(build_dir: Path) -> None:
+    """Wait while another process builds in ``build_dir``; remove its lock if it is stale.
+
+    torch's own wait on ``<build_dir>/lock`` has no timeout, so a build killed mid-way (Ctrl-C, OOM, job
+    time limit) would make every later load hang. Waiting here first bounds that to ``_STALE_LOCK_S``.
+    """
     lock = build_dir / "lock"
-    try:
-        age = time.time() - lock.stat().st_mtime
-    except FileNotFoundError:
-        return
-    if age > _STALE_LOCK_S:
-        warnings.warn(
-            f"steu_ext: removing stale build lock {lock} ({age / 60:.0f} min old). It was left by a build "
-            "that was killed before it finished; without removing it the build would wait for it forever.",
-            RuntimeWarning, stacklevel=3)
+    warned = False
+    while True:
         try:
-            lock.unlink()
+            age = time.time() - lock.stat().st_mtime
         except FileNotFoundError:
-            pass
+            return
+        if age > _STALE_LOCK_S:
+            warnings.warn(
+                f"steu_ext: removing stale build lock {lock} ({age / 60:.0f} min old). It was left by a "
+                "build that was killed before it finished; left in place it would make the build wait "
+                "forever.", RuntimeWarning, stacklevel=4)
+            try:
+                lock.unlink()
+            except FileNotFoundError:
+                pass
+            return
+        if not warned and age > 30:
+            log.warning("steu_ext: waiting for another process that is building the C++ kernels in %s "
+                        "(if none is, the lock is removed once %d min old; or delete %s)",
+                        build_dir, _STALE_LOCK_S // 60, lock)
+            warned = True
+        time.sleep(0.5)
 
 
 def _build_and_load(verbose: bool) -> str:
@@ -140,12 +158,22 @@ def _build_and_load(verbose: bool) -> str:
     sources = _sources(root)
     if len(sources) < 2:
         raise RuntimeError(f"steu_ext: cannot build the C++ CPU kernels: no kernels in {root / 'cpu'}.")
+    build_dir = _build_dir(_build_key(root, sources))
+    lib = build_dir / f"{_EXT_NAME}.so"
+    # A finished build for exactly these sources, flags and torch: load it directly, so a prebuilt cache
+    # (python -m steu_ext.build) works without ninja or a compiler. A lock means a build is under way.
+    if lib.is_file() and not (build_dir / "lock").exists():
+        try:
+            torch.ops.load_library(str(lib))
+        except Exception as e:  # e.g. a truncated file from a killed link step: let ninja redo it
+            log.debug("steu_ext: loading cached %s failed (%s); rebuilding", lib, e)
+        else:
+            if _ops_registered():
+                return str(lib)
     _ensure_compiler()
     _ensure_ninja()
-    key = _build_key(root, sources)
-    build_dir = _build_dir(key)
     build_dir.mkdir(parents=True, exist_ok=True)
-    _clear_stale_lock(build_dir)
+    _wait_for_lock(build_dir)
 
     from torch.utils import cpp_extension
 
@@ -165,7 +193,6 @@ def _build_and_load(verbose: bool) -> str:
             f"steu_ext: building or loading the C++ CPU kernels in {build_dir} failed: {e}\n"
             "Rerun with STEU_EXT_VERBOSE_BUILD=1 (or `python -m steu_ext.build`) to see the compiler "
             "output; delete that directory to force a clean rebuild.") from e
-    lib = build_dir / f"{_EXT_NAME}.so"
     if not _ops_registered():
         raise RuntimeError(f"steu_ext: loaded {lib} but it did not register the CPU kernels {_OPS}.")
     return str(lib)

@@ -223,8 +223,8 @@ def unlearn(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                history.append({"epoch": epoch, "loss": float(loss), "forget_loss": float(lf),
-                                "utility_loss": float(lu)})
+                history.append({"epoch": epoch, "loss": loss.item(), "forget_loss": lf.item(),
+                                "utility_loss": lu.item()})
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(forget=f"{float(lf):.3f}", utility=f"{float(lu):.4f}")
