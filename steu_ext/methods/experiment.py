@@ -99,6 +99,7 @@ def run_experiment(data: TextClassificationData, target, *, model: str = DEFAULT
         net, tok = load_classifier(model, names, multi)
         model_desc = f"{model} ({'offline MiniLM-L6 encoder, pretrained' if model == DEFAULT_MODEL else 'pretrained'})"
         mode = finetune_mode or "head"
+    cfg.validate(net.get_input_embeddings().weight.shape[0])  # fail before any training
     train_idx, test_idx = stratified_split(data.labels, test_fraction, seed)
     Y = label_matrix(data.labels, len(names))
     enc = Encoded(tok, data.text, Y, cfg.max_length)
