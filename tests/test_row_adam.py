@@ -434,7 +434,7 @@ def test_functional_bad_inputs():
         (dict(g=torch.zeros(V, D + 1)), ValueError, r"grad has shape \(5, 4\)"),
         (dict(g=torch.zeros(K + 1, D)), ValueError, r"grad has shape \(3, 3\)"),
         (dict(g=torch.zeros(V + 1, D).to_sparse()), ValueError, "sparse grad has shape"),
-        (dict(g=torch.zeros(V, D, dtype=torch.float16)), TypeError, "grad dtype torch.float16 does not match"),
+        (dict(g=torch.zeros(V, D, dtype=torch.float16)), TypeError, "grad dtype torch.float16 does not"),
         (dict(g=torch.zeros(V * D)), ValueError, "grad must be 2-D"),
         (dict(p=torch.zeros(V)), ValueError, "param must be 2-D"),
         (dict(p=torch.zeros(V, D, dtype=torch.float64), g=g.double()), TypeError, "param has dtype"),

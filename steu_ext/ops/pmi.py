@@ -74,14 +74,19 @@ def select_top_k(scores: torch.Tensor, k: int, exclude_ids: Optional[Iterable[in
     if k > V:
         raise ValueError(f"k={k} is larger than the vocabulary ({V} tokens)")
     s = scores.clone()
-    ex = torch.as_tensor(list(exclude_ids or ()), dtype=torch.int64, device=s.device)
+    if exclude_ids is None:
+        exclude_ids = ()
+    if isinstance(exclude_ids, torch.Tensor):
+        ex = exclude_ids.reshape(-1).to(device=s.device, dtype=torch.int64)
+    else:
+        ex = torch.as_tensor(list(exclude_ids), dtype=torch.int64, device=s.device)
     if ex.numel():
         if int(ex.min()) < 0 or int(ex.max()) >= V:
             raise ValueError(f"exclude_ids must lie in [0, {V})")
         s[ex] = float("-inf")
-    s = torch.nan_to_num(s, nan=float("-inf"))
+    s = s.masked_fill(torch.isnan(s), float("-inf"))
     order = torch.sort(s, descending=True, stable=True).indices
-    eligible = int(torch.isfinite(s).sum())
+    eligible = int((s > float("-inf")).sum())
     if eligible < k:
         log.warning("only %d tokens are eligible for selection (asked for k=%d)", eligible, k)
     return order[: min(k, eligible)].clone()

@@ -43,10 +43,14 @@ def gather_sparse_rows(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     V, D = g.shape
     pos = torch.full((V,), -1, dtype=torch.int64, device=g.device)
     pos[rows] = torch.arange(rows.numel(), device=g.device)
-    sel = pos[g.indices()[0]]
+    idx, vals = g.indices(), g.values()
+    sel = pos[idx[0]]
     keep = sel >= 0
     out = torch.zeros(rows.numel(), D, dtype=g.dtype, device=g.device)
-    out.index_add_(0, sel[keep], g.values()[keep])
+    if g.sparse_dim() == 1:  # row-sparse layout of nn.Embedding(sparse=True): values [nnz, D]
+        out.index_add_(0, sel[keep], vals[keep])
+    else:  # element-sparse layout: values [nnz]
+        out.index_put_((sel[keep], idx[1][keep]), vals[keep], accumulate=True)
     return out
 
 
