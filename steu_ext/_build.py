@@ -10,6 +10,7 @@ fresh build and an unchanged one is only loaded:
 
 ``STEU_EXT_VERBOSE_BUILD=1`` shows the compiler commands. ``python -m steu_ext.build`` builds ahead of time.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,11 +23,10 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import List, Optional
 
 import torch
 
-__all__ = ["load_cpu_ops", "cpu_ops_available", "cpu_ops_error"]
+__all__ = ["cpu_ops_available", "cpu_ops_error", "load_cpu_ops"]
 
 log = logging.getLogger("steu_ext")
 
@@ -41,11 +41,11 @@ _STALE_LOCK_S = 10 * 60
 _lock = threading.RLock()
 _loaded = False
 _tried = False
-_error: Optional[str] = None
-_library_path: Optional[str] = None
+_error: str | None = None
+_library_path: str | None = None
 
 
-def _source_root() -> Optional[Path]:
+def _source_root() -> Path | None:
     """``steu_ext/_csrc`` in an installed wheel, else ``<checkout>/csrc``; None if neither has ops.cpp."""
     pkg = Path(__file__).resolve().parent
     for root in (pkg / "_csrc", pkg.parent / "csrc"):
@@ -54,11 +54,11 @@ def _source_root() -> Optional[Path]:
     return None
 
 
-def _sources(root: Path) -> List[Path]:
+def _sources(root: Path) -> list[Path]:
     return [root / "ops.cpp", *sorted((root / "cpu").glob("*.cpp"))]
 
 
-def _build_key(root: Path, sources: List[Path]) -> str:
+def _build_key(root: Path, sources: list[Path]) -> str:
     h = hashlib.sha256()
     headers = sorted(p for p in root.rglob("*.h") if "cuda" not in p.relative_to(root).parts)
     for p in [*sources, *headers]:
@@ -81,7 +81,7 @@ def _ops_registered() -> bool:
     has = torch._C._dispatch_has_kernel_for_dispatch_key
     try:
         return all(has(f"steu_ext::{op}", "CPU") for op in _OPS)
-    except RuntimeError:  # schema not defined
+    except (RuntimeError, AttributeError):  # schema not defined (or a torch without this helper)
         return False
 
 
@@ -94,8 +94,8 @@ def _ensure_ninja() -> None:
         import ninja  # type: ignore[import-not-found]
 
         candidates.insert(0, Path(ninja.BIN_DIR))
-    except Exception:
-        pass
+    except (ImportError, AttributeError):
+        pass  # the pip package is optional; a system ninja does as well
     for d in candidates:
         if (d / "ninja").is_file() and os.access(d / "ninja", os.X_OK):
             os.environ["PATH"] = str(d) + os.pathsep + os.environ.get("PATH", "")
@@ -103,7 +103,8 @@ def _ensure_ninja() -> None:
     raise RuntimeError(
         "steu_ext: cannot build the C++ CPU kernels: `ninja` was not found on PATH. "
         "Install it with `pip install ninja` (in a virtualenv, activate it or put its bin/ directory "
-        "on PATH).")
+        "on PATH)."
+    )
 
 
 def _ensure_compiler() -> None:
@@ -113,7 +114,8 @@ def _ensure_compiler() -> None:
             f"steu_ext: cannot build the C++ CPU kernels: no C++ compiler found (looked for {cxx!r}, "
             "from $CXX or the default `c++`). Install one (e.g. `apt-get install g++` or "
             "`conda install gxx_linux-64`) or point $CXX at it. The pure-PyTorch reference kernels work "
-            "without it (STEU_EXT_BACKEND=reference).")
+            "without it (STEU_EXT_BACKEND=reference)."
+        )
 
 
 def _wait_for_lock(build_dir: Path) -> None:
@@ -133,16 +135,23 @@ def _wait_for_lock(build_dir: Path) -> None:
             warnings.warn(
                 f"steu_ext: removing stale build lock {lock} ({age / 60:.0f} min old). It was left by a "
                 "build that was killed before it finished; left in place it would make the build wait "
-                "forever.", RuntimeWarning, stacklevel=4)
+                "forever.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
             try:
                 lock.unlink()
             except FileNotFoundError:
                 pass
             return
         if not warned and age > 30:
-            log.warning("steu_ext: waiting for another process that is building the C++ kernels in %s "
-                        "(if none is, the lock is removed once %d min old; or delete %s)",
-                        build_dir, _STALE_LOCK_S // 60, lock)
+            log.warning(
+                "steu_ext: waiting for another process that is building the C++ kernels in %s "
+                "(if none is, the lock is removed once %d min old; or delete %s)",
+                build_dir,
+                _STALE_LOCK_S // 60,
+                lock,
+            )
             warned = True
         time.sleep(0.5)
 
@@ -154,7 +163,8 @@ def _build_and_load(verbose: bool) -> str:
         raise RuntimeError(
             "steu_ext: cannot build the C++ CPU kernels: their sources were not found (looked for "
             f"ops.cpp in {pkg / '_csrc'} and {pkg.parent / 'csrc'}). Reinstall steu_ext from a wheel or "
-            "sdist that ships steu_ext/_csrc, or use a source checkout (`pip install -e .`).")
+            "sdist that ships steu_ext/_csrc, or use a source checkout (`pip install -e .`)."
+        )
     sources = _sources(root)
     if len(sources) < 2:
         raise RuntimeError(f"steu_ext: cannot build the C++ CPU kernels: no kernels in {root / 'cpu'}.")
@@ -165,7 +175,7 @@ def _build_and_load(verbose: bool) -> str:
     if lib.is_file() and not (build_dir / "lock").exists():
         try:
             torch.ops.load_library(str(lib))
-        except Exception as e:  # e.g. a truncated file from a killed link step: let ninja redo it
+        except (OSError, RuntimeError) as e:  # e.g. truncated by a killed link step: let ninja redo it
             log.debug("steu_ext: loading cached %s failed (%s); rebuilding", lib, e)
         else:
             if _ops_registered():
@@ -192,13 +202,14 @@ def _build_and_load(verbose: bool) -> str:
         raise RuntimeError(
             f"steu_ext: building or loading the C++ CPU kernels in {build_dir} failed: {e}\n"
             "Rerun with STEU_EXT_VERBOSE_BUILD=1 (or `python -m steu_ext.build`) to see the compiler "
-            "output; delete that directory to force a clean rebuild.") from e
+            "output; delete that directory to force a clean rebuild."
+        ) from e
     if not _ops_registered():
         raise RuntimeError(f"steu_ext: loaded {lib} but it did not register the CPU kernels {_OPS}.")
     return str(lib)
 
 
-def load_cpu_ops(verbose: Optional[bool] = None) -> None:
+def load_cpu_ops(verbose: bool | None = None) -> None:
     """Build (if needed) and load the C++ CPU kernels so ``torch.ops.steu_ext.*`` have CPU kernels.
 
     Idempotent and thread-safe. Raises ``RuntimeError`` saying what is missing (compiler, ninja, sources)
@@ -227,7 +238,7 @@ def load_cpu_ops(verbose: Optional[bool] = None) -> None:
 
 
 def cpu_ops_available() -> bool:
-    """Whether the C++ CPU kernels are loaded; tries to build/load them once, caches the answer, never raises."""
+    """Whether the C++ CPU kernels are loaded. Tries to build/load once, caches the answer; never raises."""
     if _loaded:
         return True
     with _lock:
@@ -237,12 +248,12 @@ def cpu_ops_available() -> bool:
             return False
         try:
             load_cpu_ops()
-        except Exception:
+        except Exception:  # noqa: BLE001 - documented never to raise; the reason is in cpu_ops_error()
             return False
         return True
 
 
-def cpu_ops_error() -> Optional[str]:
+def cpu_ops_error() -> str | None:
     """Why the C++ CPU kernels could not be loaded, or None if they are loaded (tries once if not yet)."""
     if cpu_ops_available():
         return None

@@ -3,17 +3,17 @@
 Prints the sources, the build directory and library, the registered ops and how long it took; exits with
 status 1 and the reason if the build fails. Later ``import steu_ext`` sessions only load the cached build.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from typing import List, Optional
 
 from . import _build
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m steu_ext.build", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show the compiler commands and output")
     args = parser.parse_args(argv)
@@ -21,6 +21,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
 
     root = _build._source_root()
+    cached = False
     if root is not None:
         sources = _build._sources(root)
         build_dir = _build._build_dir(_build._build_key(root, sources))
@@ -30,6 +31,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"             {s.relative_to(root)}")
         print(f"  build dir: {build_dir}")
         print(f"  flags:     {' '.join(_build._CFLAGS)} (link {' '.join(_build._LDFLAGS)})")
+        cached = (build_dir / f"{_build._EXT_NAME}.so").is_file()
     t0 = time.perf_counter()
     try:
         _build.load_cpu_ops(verbose=args.verbose)
@@ -42,7 +44,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"  kernels were already registered in this process (nothing built) [{dt:.1f} s]")
     else:
         print(f"  library:   {lib}")
-        print(f"  built/loaded in {dt:.1f} s")
+        print(f"  {'already built, loaded' if cached else 'compiled and loaded'} in {dt:.1f} s")
     print(f"  ops:       {', '.join('torch.ops.steu_ext.' + op for op in _build._OPS)} (CPU)")
     return 0
 

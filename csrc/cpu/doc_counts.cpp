@@ -1,14 +1,15 @@
 // CPU kernel for steu_ext::doc_counts: document-level token x class counts.
 //
-// Each thread walks a contiguous range of documents. A per-thread "stamp" array (stamp[t] == b + 1 once
-// token t has been seen in document b) de-duplicates tokens within a document without sorting or
-// clearing, the document's distinct tokens are collected in a small list, and they are added to
-// per-thread count buffers (one row per label that the document carries, plus doc_freq). The buffers are
-// summed at the end, so the result is exact and independent of the thread count.
+// Worker threads take blocks of documents from a shared counter. A per-worker "stamp" array
+// (stamp[t] == b + 1 once token t has been seen in document b) de-duplicates tokens within a document
+// without sorting or clearing; the document's distinct tokens are collected in a small list and added to
+// per-worker count buffers (one row per label the document carries, plus doc_freq). The buffers are summed
+// at the end, so the result is exact whatever the thread count or schedule.
 #include <ATen/Parallel.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <limits>
@@ -19,7 +20,7 @@
 namespace steu_ext {
 namespace {
 
-// Per-thread scratch. Counters are int32 when no thread can see 2^31 documents (half the cache footprint).
+// Per-worker scratch. Counters are int32 when no worker can see 2^31 documents (half the cache footprint).
 template <typename cnt_t>
 struct ThreadBuffers {
   std::vector<cnt_t> counts;    // [C + 1, V]: rows 0..C-1 class counts, row C doc_freq
@@ -32,72 +33,71 @@ struct ThreadBuffers {
 template <typename cnt_t>
 void doc_counts_kernel(const int64_t* ids_p, const bool* mask_p, const uint8_t* lab_p, int64_t B, int64_t L,
                        int64_t C, int64_t V, int64_t* cnt_out, int64_t* df_out) {
-  const int nthreads = at::get_num_threads();
-  std::vector<std::unique_ptr<ThreadBuffers<cnt_t>>> bufs(nthreads);
+  // Workers pull blocks of documents from a shared counter (dynamic schedule: document lengths vary and a
+  // core may be busy with something else). Each worker owns its buffers, allocated on first use.
+  const int64_t block = 64;
+  const int64_t nblocks = (B + block - 1) / block;
+  const int64_t nworkers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nblocks / 4));
+  std::vector<std::unique_ptr<ThreadBuffers<cnt_t>>> bufs(nworkers);
+  std::atomic<int64_t> next_block{0};
   std::atomic<bool> out_of_range{false};
-  std::atomic<bool> bad_thread{false};
 
-  // Enough documents per task that a thread's buffers are worth allocating.
-  const int64_t grain = 64;
-  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-    const int tid = at::get_thread_num();
-    if (tid < 0 || tid >= nthreads) {
-      bad_thread = true;
-      return;
-    }
-    if (!bufs[tid]) {
-      // Allocated (and first touched) by the thread that uses it. Stamps are global document indices + 1,
-      // so a buffer reused for another range of documents needs no reset.
-      auto tb = std::make_unique<ThreadBuffers<cnt_t>>();
-      tb->counts.assign(static_cast<size_t>((C + 1) * V), 0);
-      tb->stamp.assign(static_cast<size_t>(V), 0);
-      tb->uniq.resize(static_cast<size_t>(L));
-      tb->lab.resize(static_cast<size_t>(C));
-      bufs[tid] = std::move(tb);
-    }
-    ThreadBuffers<cnt_t>& tb = *bufs[tid];
-    cnt_t* cnt = tb.counts.data();
-    cnt_t* df = cnt + C * V;
-    uint32_t* stamp = tb.stamp.data();
-    int32_t* uniq = tb.uniq.data();
-    int64_t* lab = tb.lab.data();
-    bool oor = false;
-
-    for (int64_t b = b0; b < b1; ++b) {
-      const uint32_t s = static_cast<uint32_t>(b + 1);
-      const int64_t* row = ids_p + b * L;
-      const bool* mrow = mask_p + b * L;
-      int64_t n = 0;
-      for (int64_t j = 0; j < L; ++j) {
-        if (!mrow[j]) continue;
-        const int64_t t = row[j];
-        if (static_cast<uint64_t>(t) >= static_cast<uint64_t>(V)) {
-          oor = true;
-          continue;
+  at::parallel_for(0, nworkers, 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w) {
+      bool oor = false;
+      for (int64_t blk = next_block.fetch_add(1); blk < nblocks; blk = next_block.fetch_add(1)) {
+        if (!bufs[w]) {
+          // Stamps are global document indices + 1, so buffers never need resetting between blocks.
+          auto tb = std::make_unique<ThreadBuffers<cnt_t>>();
+          tb->counts.assign(static_cast<size_t>((C + 1) * V), 0);
+          tb->stamp.assign(static_cast<size_t>(V), 0);
+          tb->uniq.resize(static_cast<size_t>(L));
+          tb->lab.resize(static_cast<size_t>(C));
+          bufs[w] = std::move(tb);
         }
-        // Branch-free: repeated tokens are common in real text, so a branch here would mispredict.
-        const uint32_t seen = stamp[t];
-        stamp[t] = s;
-        uniq[n] = static_cast<int32_t>(t);
-        n += (seen != s);
+        ThreadBuffers<cnt_t>& tb = *bufs[w];
+        cnt_t* cnt = tb.counts.data();
+        cnt_t* df = cnt + C * V;
+        uint32_t* stamp = tb.stamp.data();
+        int32_t* uniq = tb.uniq.data();
+        int64_t* lab = tb.lab.data();
+        const int64_t b1 = std::min(B, (blk + 1) * block);
+        for (int64_t b = blk * block; b < b1; ++b) {
+          const uint32_t s = static_cast<uint32_t>(b + 1);
+          const int64_t* row = ids_p + b * L;
+          const bool* mrow = mask_p + b * L;
+          int64_t n = 0;
+          for (int64_t j = 0; j < L; ++j) {
+            if (!mrow[j]) continue;
+            const int64_t t = row[j];
+            if (static_cast<uint64_t>(t) >= static_cast<uint64_t>(V)) {
+              oor = true;
+              continue;
+            }
+            // Branch-free: repeated tokens are common in real text, so a branch here would mispredict.
+            const uint32_t seen = stamp[t];
+            stamp[t] = s;
+            uniq[n] = static_cast<int32_t>(t);
+            n += (seen != s);
+          }
+          for (int64_t k = 0; k < n; ++k) df[uniq[k]] += 1;
+          int64_t nl = 0;
+          const uint8_t* lrow = lab_p + b * C;
+          for (int64_t c = 0; c < C; ++c)
+            if (lrow[c]) lab[nl++] = c;
+          for (int64_t q = 0; q < nl; ++q) {
+            cnt_t* crow = cnt + lab[q] * V;
+            for (int64_t k = 0; k < n; ++k) crow[uniq[k]] += 1;
+          }
+        }
       }
-      for (int64_t k = 0; k < n; ++k) df[uniq[k]] += 1;
-      int64_t nl = 0;
-      const uint8_t* lrow = lab_p + b * C;
-      for (int64_t c = 0; c < C; ++c)
-        if (lrow[c]) lab[nl++] = c;
-      for (int64_t q = 0; q < nl; ++q) {
-        cnt_t* crow = cnt + lab[q] * V;
-        for (int64_t k = 0; k < n; ++k) crow[uniq[k]] += 1;
-      }
+      if (oor) out_of_range = true;
     }
-    if (oor) out_of_range = true;
   });
-  TORCH_CHECK(!bad_thread.load(), "doc_counts: internal error: thread id outside [0, get_num_threads())");
   TORCH_CHECK(!out_of_range.load(),
               "doc_counts: ids contain values outside [0, num_tokens=", V, ") at masked-in positions");
 
-  // Sum the per-thread buffers into the outputs (counts rows 0..C-1, then doc_freq).
+  // Sum the per-worker buffers into the outputs (counts rows 0..C-1, then doc_freq).
   std::vector<const cnt_t*> parts;
   for (auto& tb : bufs)
     if (tb) parts.push_back(tb->counts.data());

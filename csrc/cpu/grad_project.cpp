@@ -27,7 +27,8 @@ std::vector<Chunk> make_chunks(at::TensorList ts, int64_t chunk) {
   std::vector<Chunk> out;
   for (size_t i = 0; i < ts.size(); ++i) {
     const int64_t n = ts[i].numel();
-    for (int64_t b = 0; b < n; b += chunk) out.push_back({static_cast<int64_t>(i), b, std::min(n, b + chunk)});
+    for (int64_t b = 0; b < n; b += chunk)
+      out.push_back({static_cast<int64_t>(i), b, std::min(n, b + chunk)});
   }
   return out;
 }

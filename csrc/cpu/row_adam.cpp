@@ -3,7 +3,7 @@
 // Same arithmetic as torch.optim.Adam/AdamW's single-tensor path (lerp for the first moment, bias
 // corrections in double, denom = sqrt(v) / sqrt(bc2) + eps), done in float32 with the moments in float32
 // and the parameter read/written in its own dtype. Rows are independent; work is split over K * D.
-#include <ATen/Dispatch.h>
+#include <ATen/Dispatch_v2.h>
 #include <ATen/Parallel.h>
 #include <c10/util/irange.h>
 #include <torch/library.h>
@@ -15,31 +15,37 @@
 namespace steu_ext {
 namespace {
 
-template <typename scalar_t>
+struct AdamScalars {
+  float gsign;      // -1 when maximizing
+  float wd;         // coupled (L2) weight decay, added to the gradient
+  float decay;      // decoupled (AdamW) factor 1 - lr * wd, 1 when not decoupled
+  float lerp_w;     // 1 - beta1
+  float beta2, one_minus_beta2, step_size, bc2_sqrt, eps;
+};
+
+// The flags are template parameters so the inner loop has no branches and vectorizes (fp32).
+template <typename scalar_t, bool kCoupledWd, bool kLerpSmall>
 void row_adam_impl(scalar_t* param, const scalar_t* grad, const int64_t* rows, float* exp_avg,
-                   float* exp_avg_sq, int64_t K, int64_t D, bool grad_gathered, float lerp_w,
-                   bool lerp_small, float beta2, float one_minus_beta2, float step_size, float bc2_sqrt,
-                   float eps, float wd, bool coupled_wd, float decay, bool decoupled_wd, bool maximize) {
+                   float* exp_avg_sq, int64_t K, int64_t D, bool grad_gathered, const AdamScalars a) {
   // Whole rows per task when D is large, several rows when it is small.
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
   at::parallel_for(0, K, grain, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
-      scalar_t* p_row = param + rows[k] * D;
-      const scalar_t* g_row = grad + (grad_gathered ? k : rows[k]) * D;
-      float* m_row = exp_avg + k * D;
-      float* v_row = exp_avg_sq + k * D;
+      scalar_t* __restrict__ p_row = param + rows[k] * D;
+      const scalar_t* __restrict__ g_row = grad + (grad_gathered ? k : rows[k]) * D;
+      float* __restrict__ m_row = exp_avg + k * D;
+      float* __restrict__ v_row = exp_avg_sq + k * D;
       for (int64_t j = 0; j < D; ++j) {
         float p = static_cast<float>(p_row[j]);
-        float g = static_cast<float>(g_row[j]);
-        if (maximize) g = -g;
-        if (coupled_wd) g = g + wd * p;
-        if (decoupled_wd) p = p * decay;
+        float g = static_cast<float>(g_row[j]) * a.gsign;
+        if constexpr (kCoupledWd) g = g + a.wd * p;
+        p = p * a.decay;
         const float m0 = m_row[j];
         // at::lerp: self + w * (end - self) for |w| < 0.5, else end - (end - self) * (1 - w)
-        const float m = lerp_small ? m0 + lerp_w * (g - m0) : g - (g - m0) * (1.0f - lerp_w);
-        const float v = v_row[j] * beta2 + one_minus_beta2 * g * g;
-        const float denom = std::sqrt(v) / bc2_sqrt + eps;
-        p = p - step_size * m / denom;
+        const float m = kLerpSmall ? m0 + a.lerp_w * (g - m0) : g - (g - m0) * (1.0f - a.lerp_w);
+        const float v = v_row[j] * a.beta2 + a.one_minus_beta2 * g * g;
+        const float denom = std::sqrt(v) / a.bc2_sqrt + a.eps;
+        p = p - a.step_size * m / denom;
         m_row[j] = m;
         v_row[j] = v;
         p_row[j] = static_cast<scalar_t>(p);
@@ -87,15 +93,33 @@ void row_adam_cpu(const at::Tensor& param, const at::Tensor& grad, const at::Ten
   const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
   const double lerp_w = 1.0 - beta1;
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "row_adam_", [&] {
-    row_adam_impl<scalar_t>(param.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), rows_p,
-                            exp_avg.data_ptr<float>(), exp_avg_sq.data_ptr<float>(), K, D, grad_gathered,
-                            static_cast<float>(lerp_w), std::abs(lerp_w) < 0.5, static_cast<float>(beta2),
-                            static_cast<float>(1.0 - beta2), step_size, bc2_sqrt, static_cast<float>(eps),
-                            static_cast<float>(weight_decay), weight_decay != 0 && !decoupled,
-                            static_cast<float>(1.0 - lr * weight_decay), weight_decay != 0 && decoupled,
-                            maximize);
-  });
+  AdamScalars a;
+  a.gsign = maximize ? -1.0f : 1.0f;
+  a.wd = static_cast<float>(weight_decay);
+  a.decay = (weight_decay != 0 && decoupled) ? static_cast<float>(1.0 - lr * weight_decay) : 1.0f;
+  a.lerp_w = static_cast<float>(lerp_w);
+  a.beta2 = static_cast<float>(beta2);
+  a.one_minus_beta2 = static_cast<float>(1.0 - beta2);
+  a.step_size = step_size;
+  a.bc2_sqrt = bc2_sqrt;
+  a.eps = static_cast<float>(eps);
+  const bool coupled = weight_decay != 0 && !decoupled;
+  const bool small = std::abs(lerp_w) < 0.5;
+
+  AT_DISPATCH_V2(dt, "row_adam_", AT_WRAP([&] {
+    scalar_t* p = param.data_ptr<scalar_t>();
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    float* m = exp_avg.data_ptr<float>();
+    float* v = exp_avg_sq.data_ptr<float>();
+    if (coupled && small)
+      row_adam_impl<scalar_t, true, true>(p, g, rows_p, m, v, K, D, grad_gathered, a);
+    else if (coupled)
+      row_adam_impl<scalar_t, true, false>(p, g, rows_p, m, v, K, D, grad_gathered, a);
+    else if (small)
+      row_adam_impl<scalar_t, false, true>(p, g, rows_p, m, v, K, D, grad_gathered, a);
+    else
+      row_adam_impl<scalar_t, false, false>(p, g, rows_p, m, v, K, D, grad_gathered, a);
+  }), at::kFloat, at::kHalf, at::kBFloat16);
 }
 
 }  // namespace
