@@ -57,5 +57,7 @@ def force_backend():
 @pytest.fixture(scope="session")
 def medical_abstracts_root():
     if not (MEDICAL_ABSTRACTS / "medical_tc_test.csv").exists():
+        if os.environ.get("CI"):  # in CI the real-data tests must run, never silently skip
+            pytest.fail(f"real data not found at {MEDICAL_ABSTRACTS} (set STEU_DATA_ROOT)")
         pytest.skip(f"real data not found at {MEDICAL_ABSTRACTS} (set STEU_DATA_ROOT)")
     return str(MEDICAL_ABSTRACTS)
