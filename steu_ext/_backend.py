@@ -124,3 +124,45 @@ def cpu_ext_unavailable(device: torch.device) -> Optional[str]:
     if not _build.cpu_ops_available():
         return f"the C++ extension could not be built/loaded: {_build.cpu_ops_error()}"
     return None
+
+
+def cuda_ext_unavailable(device: torch.device) -> Optional[str]:
+    """Availability test shared by every CUDA kernel (csrc/cuda, JIT-built with nvcc)."""
+    if device.type != "cuda":
+        return f"the CUDA kernels run on CUDA tensors, not {device.type}"
+    from . import _build
+
+    loader = getattr(_build, "cuda_ops_available", None)
+    if loader is None:
+        return "this build of steu_ext has no CUDA kernels"
+    if not loader():
+        return f"the CUDA extension could not be built/loaded: {_build.cuda_ops_error()}"
+    return None
+
+
+def triton_unavailable(device: torch.device) -> Optional[str]:
+    """Triton kernels run on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (tests)."""
+    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if device.type != "cuda" and not (device.type == "cpu" and interpret):
+        return f"Triton kernels run on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), not {device.type}"
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure means unavailable
+        return f"triton cannot be imported ({e}); pip install triton"
+    return None
+
+
+def lazy(module: str, name: str) -> Callable:
+    """A kernel entry that imports ``module`` (relative to steu_ext) on first call, keeping imports light."""
+    cache: Dict[str, Callable] = {}
+
+    def call(*args, **kwargs):
+        fn = cache.get("fn")
+        if fn is None:
+            import importlib
+
+            fn = cache["fn"] = getattr(importlib.import_module(module, __package__), name)
+        return fn(*args, **kwargs)
+
+    call.__name__ = f"{module}.{name}"
+    return call

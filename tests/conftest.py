@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Triton kernels run on CPU tensors through the interpreter when there is no GPU (set before triton loads).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import steu_ext
 from steu_ext import _backend
 

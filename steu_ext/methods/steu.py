@@ -113,14 +113,14 @@ def count_tokens(data: Encoded, num_tokens: int, num_classes: int, batch_size: i
     return counter
 
 
-def _forget_loss(z: torch.Tensor, target: int, multi_label: bool) -> torch.Tensor:
+def forget_loss(z: torch.Tensor, target: int, multi_label: bool) -> torch.Tensor:
     if multi_label:
         return F.softplus(z[:, target]).mean()  # == BCE(sigmoid(z_t), 0)
     others = torch.cat([z[:, :target], z[:, target + 1:]], 1)
     return (torch.logsumexp(z, 1) - torch.logsumexp(others, 1)).mean()  # -log(1 - p_t)
 
 
-def _utility_loss(z: torch.Tensor, z0: torch.Tensor, target: int, multi_label: bool) -> torch.Tensor:
+def utility_loss(z: torch.Tensor, z0: torch.Tensor, target: int, multi_label: bool) -> torch.Tensor:
     keep = [c for c in range(z.shape[1]) if c != target]
     if not keep:
         return z.new_zeros(())
@@ -217,8 +217,8 @@ def unlearn(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *
                 rb, retain_order = retain_order[:cfg.batch_size], retain_order[cfg.batch_size:]
                 batch = data.batch(fb + rb)
                 z = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
-                lf = _forget_loss(z[:len(fb)], target, multi)
-                lu = _utility_loss(z[len(fb):], z0[[z0_of[i] for i in rb]].to(device), target, multi)
+                lf = forget_loss(z[:len(fb)], target, multi)
+                lu = utility_loss(z[len(fb):], z0[[z0_of[i] for i in rb]].to(device), target, multi)
                 loss = lf + cfg.utility_weight * lu
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -108,6 +108,9 @@ def _cpp_doc_counts(ids, mask, labels, num_tokens):
 
 _backend.register_kernel("doc_counts", "reference", _ref.doc_counts)
 _backend.register_kernel("doc_counts", "cpu", _cpp_doc_counts, _backend.cpu_ext_unavailable)
+_backend.register_kernel("doc_counts", "cuda", _cpp_doc_counts, _backend.cuda_ext_unavailable)
+_backend.register_kernel("doc_counts", "triton", _backend.lazy(".triton.doc_counts", "doc_counts"),
+                         _backend.triton_unavailable)
 
 
 class PMICounter:

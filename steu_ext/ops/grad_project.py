@@ -99,3 +99,9 @@ _backend.register_kernel("grad_project", "reference", _ref.grad_project_)
 _backend.register_kernel("grad_project", "cpu", _cpp_grad_project_, _backend.cpu_ext_unavailable)
 _backend.register_kernel("grad_project_basis", "reference", _ref.grad_project_basis_)
 _backend.register_kernel("grad_project_basis", "cpu", _cpp_grad_project_basis_, _backend.cpu_ext_unavailable)
+_backend.register_kernel("grad_project", "cuda", _cpp_grad_project_, _backend.cuda_ext_unavailable)
+_backend.register_kernel("grad_project_basis", "cuda", _cpp_grad_project_basis_, _backend.cuda_ext_unavailable)
+_backend.register_kernel("grad_project", "triton", _backend.lazy(".triton.grad_project", "grad_project_"),
+                         _backend.triton_unavailable)
+_backend.register_kernel("grad_project_basis", "triton",
+                         _backend.lazy(".triton.grad_project", "grad_project_basis_"), _backend.triton_unavailable)

@@ -109,3 +109,6 @@ def _cpp_row_adam_(*args):
 
 _backend.register_kernel("row_adam", "reference", _ref.row_adam_)
 _backend.register_kernel("row_adam", "cpu", _cpp_row_adam_, _backend.cpu_ext_unavailable)
+_backend.register_kernel("row_adam", "cuda", _cpp_row_adam_, _backend.cuda_ext_unavailable)
+_backend.register_kernel("row_adam", "triton", _backend.lazy(".triton.row_adam", "row_adam_"),
+                         _backend.triton_unavailable)
