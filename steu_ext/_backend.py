@@ -123,6 +123,9 @@ def cpu_ext_unavailable(device: torch.device) -> Optional[str]:
 
     if not _build.cpu_ops_available():
         return f"the C++ extension could not be built/loaded: {_build.cpu_ops_error()}"
+    from .ops._fake import register_fakes
+
+    register_fakes()
     return None
 
 

@@ -19,7 +19,7 @@ DATA_ROOT = Path(os.environ.get("STEU_DATA_ROOT", Path(__file__).resolve().paren
 MEDICAL_ABSTRACTS = DATA_ROOT / "medical_abstracts"
 
 
-def test_devices():
+def devices_under_test():
     """Devices to test on: ``STEU_TEST_DEVICE`` (comma list) or CPU plus CUDA when present."""
     env = os.environ.get("STEU_TEST_DEVICE")
     if env:
@@ -30,7 +30,7 @@ def test_devices():
 def backends_for(op: str):
     """(device, backend) pairs that can run ``op`` here; unavailable ones are listed as skipped params."""
     out = []
-    for dev in test_devices():
+    for dev in devices_under_test():
         for name, why in steu_ext.available_backends(op, dev).items():
             marks = [pytest.mark.skip(reason=why)] if why else []
             out.append(pytest.param(dev, name, id=f"{dev}-{name}", marks=marks))
