@@ -67,3 +67,114 @@ def test_demo_bad_input(tmp_path, capsys, monkeypatch, args, msg):
     assert rc == EXIT_BAD_INPUT
     assert msg in capsys.readouterr().err
     assert not os.path.exists(out / "report.json")
+
+
+# ---- pmi / unlearn / evaluate / apply-edit / revert-edit on a saved fine-tuned tiny model ---------------
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    """A tiny BERT fine-tuned on synthetic notes, saved with its tokenizer, plus train/test CSVs."""
+    import torch
+
+    from steu_ext.methods._model import Encoded
+    from steu_ext.methods.experiment import tiny_bert
+    from steu_ext.methods.finetune import train_classifier
+    from steu_ext.methods.steu import label_matrix
+
+    root = tmp_path_factory.mktemp("cli")
+    g = generate_notes(300, seed=5, max_labels=1)
+    names = g["label_names"]
+    model, tok = tiny_bert(g["text"], len(names), True, vocab_size=800)
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {n: i for i, n in enumerate(names)}
+    torch.manual_seed(0)
+    enc = Encoded(tok, g["text"], label_matrix(g["labels"], len(names)), 64)
+    train_classifier(model, enc, range(200), mode="full", epochs=3)
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    for name, part in (("train.csv", range(200)), ("test.csv", range(200, 300))):
+        with open(root / name, "w") as f:
+            f.write("text,label\n")
+            for i in part:
+                f.write('"' + g["text"][i].replace('"', "'") + '",' + names[g["labels"][i][0]] + "\n")
+    return root
+
+
+def test_pmi_command(saved_model, tmp_path):
+    out = tmp_path / "pmi"
+    rc = main(["pmi", "--data", str(saved_model / "train.csv"), "--model", str(saved_model / "model"),
+               "--target", "cardiology", "--k", "20", "--out", str(out), "--quiet"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_docs"] == 200 and list(summary["top_tokens"]) == ["cardiology"]
+    rows = summary["top_tokens"]["cardiology"]
+    assert len(rows) == 20 and all(r["docs_in_class"] > 0 for r in rows)
+    assert rows == sorted(rows, key=lambda r: -r["score"])
+    assert (out / "counts.safetensors").exists() and (out / "top_tokens_0.csv").exists()
+
+
+def test_unlearn_evaluate_apply_revert(saved_model, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    run = tmp_path / "run"
+    rc = main(["unlearn", "--data", str(saved_model / "train.csv"), "--eval-data", str(saved_model / "test.csv"),
+               "--model", str(saved_model / "model"), "--target", "cardiology", "--k", "32", "--epochs", "2",
+               "--max-length", "64", "--save-model", "--out", str(run), "--quiet"])
+    assert rc == 0
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["after"]["forget_f1"] <= rep["before"]["forget_f1"]
+    assert rep["params_modified"]["count"] > 0
+    edit = str(run / "edit.safetensors")
+    # apply the edit to the base -> the saved edited model; revert -> the base again, bit for bit
+    rc = main(["apply-edit", "--model", str(saved_model / "model"), "--edit", edit, "--out", str(tmp_path / "a")])
+    assert rc == 0
+    applied = AutoModelForSequenceClassification.from_pretrained(tmp_path / "a")
+    edited = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    base = AutoModelForSequenceClassification.from_pretrained(saved_model / "model")
+    assert all(torch.equal(p, q) for p, q in zip(applied.parameters(), edited.parameters()))
+    rc = main(["revert-edit", "--model", str(tmp_path / "a"), "--edit", edit, "--out", str(tmp_path / "r")])
+    assert rc == 0
+    restored = AutoModelForSequenceClassification.from_pretrained(tmp_path / "r")
+    assert all(torch.equal(p, q) for p, q in zip(restored.parameters(), base.parameters()))
+    # evaluate with the edit applied reproduces the unlearn report's "after" figures
+    rc = main(["evaluate", "--data", str(saved_model / "test.csv"), "--model", str(saved_model / "model"),
+               "--edit", edit, "--target", "cardiology", "--max-length", "64", "--out", str(tmp_path / "e.json")])
+    assert rc == 0
+    ev = json.loads((tmp_path / "e.json").read_text())
+    assert ev["forget_f1"] == rep["after"]["forget_f1"] and ev["retain_macro_f1"] == rep["after"]["retain_macro_f1"]
+    # the edit refuses a model that is not its base (here: the edited one), and leaves no output
+    rc = main(["apply-edit", "--model", str(run / "model"), "--edit", edit, "--out", str(tmp_path / "bad")])
+    assert rc == EXIT_BAD_INPUT and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("case,msg", [
+    ("missing_model", "model folder not found"),
+    ("no_head", "no trained classification head"),
+    ("label_mismatch", "does not match the model"),
+    ("unknown_class", "unknown class name"),
+    ("missing_edit", "edit file not found"),
+    ("unknown_method", "unknown method"),
+])
+def test_commands_bad_input(saved_model, tmp_path, capsys, case, msg):
+    from transformers import BertModel
+
+    out = tmp_path / "out"
+    data, model = str(saved_model / "train.csv"), str(saved_model / "model")
+    if case == "missing_model":
+        args = ["unlearn", "--data", data, "--model", str(tmp_path / "nope" / "m"), "--target", "0"]
+    elif case == "no_head":
+        BertModel.from_pretrained(model).save_pretrained(tmp_path / "enc")  # encoder only, no head
+        args = ["unlearn", "--data", data, "--model", str(tmp_path / "enc"), "--target", "0"]
+    elif case == "label_mismatch":
+        (tmp_path / "other.csv").write_text("text,label\nchest pain,a\nfever,b\n")
+        args = ["unlearn", "--data", str(tmp_path / "other.csv"), "--model", model, "--target", "0"]
+    elif case == "unknown_class":
+        args = ["unlearn", "--data", data, "--model", model, "--target", "oncology"]
+    elif case == "missing_edit":
+        args = ["apply-edit", "--model", model, "--edit", str(tmp_path / "e.safetensors")]
+    else:
+        args = ["compare", "--data", data, "--methods", "steu,magic"]
+    rc = main([*args, "--out", str(out)])
+    assert rc == EXIT_BAD_INPUT
+    assert msg in capsys.readouterr().err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
