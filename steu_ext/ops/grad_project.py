@@ -50,6 +50,8 @@ def grad_project_(grads: Sequence[torch.Tensor], ref: Sequence[torch.Tensor],
     0 where nothing was removed)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps!r}")
     _check_lists(grads, ref, "ref")
     if fisher is not None:
         _check_lists(grads, fisher, "fisher")
