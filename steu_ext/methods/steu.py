@@ -10,6 +10,11 @@ multi-label (sigmoid) heads: L_forget = BCE(sigmoid(z_t), 0); L_utility = mean o
 BCE(sigmoid(z_c), sigmoid(z0_c)) against the frozen original model z0. Single-label (softmax) heads:
 L_forget = -log(1 - p_t); L_utility = KL(softmax(z0 without t) || softmax(z without t)).
 An epoch is one pass over the forget documents; retain batches cycle alongside.
+
+The steps before training are reusable: :func:`prepare` (validate, tokenize, split forget/retain, count,
+score, select rows, teacher logits z0) and :func:`steu_param_groups` (freeze all but the selected rows
+and the head; RowSparseAdam groups). ``steu_ext.integrations.hf.STEUTrainer`` runs the same method in
+the Hugging Face ``Trainer`` loop.
 """
 from __future__ import annotations
 
@@ -130,14 +135,36 @@ def utility_loss(z: torch.Tensor, z0: torch.Tensor, target: int, multi_label: bo
     return F.kl_div(F.log_softmax(z, 1), F.log_softmax(z0, 1), log_target=True, reduction="batchmean")
 
 
-def unlearn(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
-            config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
-            encoded: Optional[Encoded] = None, progress: bool = False) -> STEUResult:
-    """Unlearn class ``target`` (index or name) from ``model`` in place with STEU.
+@dataclass
+class STEUPlan:
+    """Everything STEU decides before training (see :func:`prepare`): the resolved target, the
+    forget/retain split of the tokenized corpus, the selected embedding rows and the frozen original
+    model's logits on the retain documents (the distillation targets)."""
+    target: int
+    label_names: List[str]
+    multi_label: bool
+    embedding: str                    # qualified name of the word-embedding weight
+    head: Dict[str, nn.Parameter]     # the classifier head's parameters, by qualified name
+    data: Encoded                     # the tokenized training corpus
+    forget: List[int]                 # documents carrying the target label
+    retain: List[int]                 # the others
+    rows: torch.Tensor                # int64 [k'] selected rows, best first
+    scores: torch.Tensor              # float64 [V] token scores
+    teacher_logits: Optional[torch.Tensor] = None  # float32 [len(retain), C] on CPU (z0)
+    seconds: Dict[str, float] = field(default_factory=dict)
 
-    ``texts``/``labels`` are the training corpus (labels: class ids, lists of ids, or a 0/1 matrix);
-    documents carrying the target label form the forget set, the rest the retain set.
-    """
+    @property
+    def row_scores(self) -> torch.Tensor:
+        return self.scores[self.rows] if self.rows.numel() else torch.zeros(0, dtype=torch.float64)
+
+
+def prepare(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
+            config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
+            encoded: Optional[Encoded] = None, teacher_logits: bool = True) -> STEUPlan:
+    """STEU's steps before training, shared by :func:`unlearn` and the HF ``STEUTrainer``: validate the
+    input, tokenize, split forget/retain, count document-level token x class statistics, score, select
+    the top-k rows (special tokens excluded) and, with ``teacher_logits=True``, compute the frozen
+    original model's logits on the retain documents. Does not modify ``model``."""
     cfg = config or STEUConfig()
     C = model.config.num_labels
     names = list(label_names) if label_names is not None else [str(i) for i in range(C)]
@@ -145,9 +172,7 @@ def unlearn(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *
         raise ValueError(f"{len(names)} label names given but the model has {C} classes")
     target = resolve_target(target, names)
     emb_name = embedding_param_name(model)
-    params = dict(model.named_parameters())
-    emb = params[emb_name]
-    V = emb.shape[0]
+    V = dict(model.named_parameters())[emb_name].shape[0]
     cfg.validate(V)
     multi = is_multi_label(model, cfg.multi_label)
     head = find_head(model, cfg.head_modules)
@@ -166,31 +191,77 @@ def unlearn(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *
         raise ValueError("every training document carries the target class: nothing to retain")
     t_tok = time.perf_counter()
 
-    # 1-3: count, score, select
     counter = count_tokens(data, V, C)
     scores = counter.scores(target, measure=cfg.measure, alpha=cfg.alpha, min_count=cfg.min_count)
     special = [i for i in getattr(tokenizer, "all_special_ids", []) if 0 <= i < V]
-    rows = select_top_k(scores, cfg.k, exclude_ids=special) if cfg.train_embeddings else torch.zeros(0, dtype=torch.long)
+    if cfg.train_embeddings:
+        rows = select_top_k(scores, cfg.k, exclude_ids=special)
+    else:
+        rows = torch.zeros(0, dtype=torch.long)
+    t_sel = time.perf_counter()
+    plan = STEUPlan(target, names, multi, emb_name, head, data, forget, retain, rows, scores,
+                    seconds={"tokenize": t_tok - t0, "count_and_select": t_sel - t_tok})
+    if teacher_logits:
+        plan.teacher_logits = predict_logits(model, data, retain, batch_size=64)
+        plan.seconds["teacher_logits"] = time.perf_counter() - t_sel
+    return plan
+
+
+def steu_param_groups(model: nn.Module, embedding: str, rows: Optional[torch.Tensor],
+                      head: Dict[str, nn.Parameter], *, lr: float,
+                      head_lr: Optional[float]) -> List[Dict[str, Any]]:
+    """Freeze every parameter of ``model``, then make trainable the embedding table (a row-sparse group:
+    only ``rows`` are ever updated) and the ``head`` parameters; returns the parameter groups for
+    :class:`~steu_ext.optim.RowSparseAdam`. No embedding group when ``rows`` is empty or None, no head
+    group when ``head_lr`` is None."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    train_rows = rows is not None and rows.numel() > 0
+    train_head = head_lr is not None and bool(head)
+    if not (train_rows or train_head):
+        raise ValueError("nothing to train: no embedding rows selected and no head")
+    if train_rows and embedding not in params:
+        raise ValueError(f"the model has no parameter {embedding!r}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    groups: List[Dict[str, Any]] = []
+    if train_rows:
+        emb = params[embedding]
+        emb.requires_grad_(True)
+        groups.append({"params": [emb], "rows": rows.to(emb.device), "lr": lr})
+    if train_head:
+        for p in head.values():
+            p.requires_grad_(True)
+        groups.append({"params": list(head.values()), "lr": head_lr})
+    return groups
+
+
+def unlearn(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
+            config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
+            encoded: Optional[Encoded] = None, progress: bool = False) -> STEUResult:
+    """Unlearn class ``target`` (index or name) from ``model`` in place with STEU.
+
+    ``texts``/``labels`` are the training corpus (labels: class ids, lists of ids, or a 0/1 matrix);
+    documents carrying the target label form the forget set, the rest the retain set.
+    """
+    cfg = config or STEUConfig()
+    t0 = time.perf_counter()
+    # 1-3: tokenize, count, score, select; the frozen original model's logits on the retain set
+    plan = prepare(model, tokenizer, texts, labels, target, config=cfg, label_names=label_names,
+                   encoded=encoded, teacher_logits=False)
+    target, names, multi, head, data = plan.target, plan.label_names, plan.multi_label, plan.head, plan.data
+    forget, retain, rows, emb_name = plan.forget, plan.retain, plan.rows, plan.embedding
     t_sel = time.perf_counter()
 
     original = snapshot(model)
+    emb = dict(model.named_parameters())[emb_name]
     device = emb.device
-    # the frozen original model's logits on the retain set: the distillation targets
     z0 = predict_logits(model, data, retain, batch_size=64)
     z0_of = {i: r for r, i in enumerate(retain)}
 
     # 4: freeze everything except the selected rows and the head
     saved_flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    groups = []
-    if cfg.train_embeddings and rows.numel():
-        emb.requires_grad_(True)
-        groups.append({"params": [emb], "rows": rows.to(device), "lr": cfg.lr})
-    if cfg.train_head:
-        for p in head.values():
-            p.requires_grad_(True)
-        groups.append({"params": list(head.values()), "lr": cfg.head_lr})
+    groups = steu_param_groups(model, emb_name, rows if cfg.train_embeddings else None, head, lr=cfg.lr,
+                               head_lr=cfg.head_lr if cfg.train_head else None)
     opt = RowSparseAdam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     # 5: train; eval mode keeps dropout off so the frozen parts compute exactly what the original did
@@ -241,7 +312,6 @@ def unlearn(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *
             "config": asdict(cfg), "selected_tokens": rows.tolist(), "multi_label": multi,
             "base_model": getattr(model.config, "_name_or_path", None)}
     edit = STEUEdit.from_diff(original, model, emb_name, head if cfg.train_head else {}, meta)
-    sel_scores = scores[rows] if rows.numel() else torch.zeros(0, dtype=torch.float64)
-    return STEUResult(model, edit, rows, sel_scores, history,
-                      {"tokenize": t_tok - t0, "count_and_select": t_sel - t_tok,
-                       "train": t_end - t_sel, "total": t_end - t0})
+    seconds = {"tokenize": plan.seconds["tokenize"], "count_and_select": plan.seconds["count_and_select"],
+               "train": t_end - t_sel, "total": t_end - t0}
+    return STEUResult(model, edit, rows, plan.row_scores, history, seconds)
