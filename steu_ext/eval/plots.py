@@ -1,0 +1,89 @@
+"""PNG plots of a method comparison (matplotlib, Agg backend): per-class F1 of every method and the
+forget/retain trade-off."""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_f1_per_method(path: str, label_names: Sequence[str], f1: Mapping[str, Sequence[float]], target: int,
+                       title: Optional[str] = None) -> str:
+    """Grouped bars: for every class, one bar per method (``f1[method]`` is its per-class F1 list, in
+    ``label_names`` order; insertion order is kept, the original model first by convention). The
+    forgotten class is marked."""
+    plt = _pyplot()
+    methods = list(f1)
+    n, m = len(label_names), max(len(methods), 1)
+    width = 0.84 / m
+    cmap = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.32 * n * m + 2), 4.2))
+    for j, name in enumerate(methods):
+        xs = [c - 0.42 + width * (j + 0.5) for c in range(n)]
+        color = "0.35" if name == "original" else cmap(j % 10)
+        ax.bar(xs, list(f1[name]), width=width, label=name, color=color)
+    ax.axvspan(target - 0.48, target + 0.48, color="#d62728", alpha=0.07, lw=0)
+    ax.set_xticks(list(range(n)))
+    ax.set_xticklabels([f"{nm}\n(forgotten)" if c == target else nm for c, nm in enumerate(label_names)],
+                       fontsize=8)
+    ax.set_ylabel("F1 (held-out)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title or "Per-class F1 of every method")
+    ax.legend(fontsize=7, ncol=min(4, m), loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_tradeoff(path: str, rows: Sequence[Mapping], original: str = "original",
+                  title: Optional[str] = None) -> str:
+    """Scatter of every run: x = forget F1 (lower is better), y = retain average F1 (higher is better),
+    each point labelled with its method; the row whose ``method`` is ``original`` is drawn as a star.
+    ``rows`` are dicts with ``method``, ``forget_f1`` and ``retain_macro_f1``."""
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    ys = [float(r["retain_macro_f1"]) for r in rows] or [0.5]
+    lo, hi = max(0.0, min(ys) - 0.1), min(1.02, max(ys) + 0.08)
+    if hi - lo < 0.25:  # never zoom in so far that small differences look large
+        lo, hi = max(0.0, min(lo, hi - 0.25)), max(hi, min(1.02, lo + 0.25))
+    xlo, xhi = -0.05, 1.05
+    placed: list = []  # label boxes in axes fractions; a label that would overprint another moves down
+    order = sorted(range(len(rows)), key=lambda j: -float(rows[j]["retain_macro_f1"]))
+    for j in order:
+        r = rows[j]
+        x, y = float(r["forget_f1"]), float(r["retain_macro_f1"])
+        if r["method"] == original:
+            ax.scatter([x], [y], marker="*", s=260, color="0.2", zorder=3, label=original)
+            ax.axhline(y, color="0.6", lw=0.8, ls="--", zorder=1)
+        else:
+            ax.scatter([x], [y], s=60, color=cmap(j % 10), zorder=3)
+        fx, fy0 = (x - xlo) / (xhi - xlo) + 0.015, (y - lo) / (hi - lo) + 0.008
+        w, h = 0.0095 * len(str(r["method"])) + 0.01, 0.034
+        for k in range(2 * len(rows) + 1):  # nearest free slot: 0, below, above, 2 below, ...
+            fy = fy0 + (-1) ** k * ((k + 1) // 2) * h
+            if 0 <= fy <= 1 - h and not any(fx < bx + bw and bx < fx + w and fy < by + h and by < fy + h
+                                            for bx, by, bw in placed):
+                break
+        placed.append((fx, fy, w))
+        moved = abs(fy - fy0) > 1e-9
+        ax.annotate(str(r["method"]), (x, y), xytext=(fx, fy), textcoords="axes fraction", fontsize=8,
+                    arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6} if moved else None)
+    ax.set_xlabel("forget F1 (target class, held-out; lower is better)")
+    ax.set_ylabel("retain average F1 (higher is better)")
+    ax.set_xlim(xlo, xhi)
+    ax.set_ylim(lo, hi)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "Forget / retain trade-off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

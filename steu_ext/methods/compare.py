@@ -1,0 +1,205 @@
+"""Compare STEU with its ablations and the usual baselines on one dataset and one target class.
+
+The classifier is built and fine-tuned once (exactly as :func:`~steu_ext.methods.experiment.run_experiment`
+does, same split); every method then starts from a deep copy of that fine-tuned model (``retrain`` from
+a copy of the pretrained base taken before fine-tuning), and is evaluated on the same held-out documents,
+with loss-based membership inference on the forget-set training documents vs held-out documents of the
+target class. Parameter changes are counted element by element against the fine-tuned weights.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from dataclasses import asdict
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from ..data.loaders import TextClassificationData, stratified_split
+from ..eval.evaluate import evaluate
+from ..eval.metrics import modified_parameters, snapshot
+from ..eval.plots import plot_f1_per_method, plot_tradeoff
+from ..eval.report import write_json
+from . import baselines as bl
+from . import experiment as ex
+from ._model import Encoded
+from .experiment import DEFAULT_MODEL
+from .finetune import train_classifier
+from .steu import STEUConfig, label_matrix, resolve_target
+
+log = logging.getLogger("steu_ext")
+
+METHODS = ("steu", "steu_embeddings_only", "steu_head_only", "gradient_ascent", "direct_suppression",
+           "retain_finetune", "retrain")
+
+_TOP_N = ("gradient_ascent", "direct_suppression", "retain_finetune")
+_FUNCS: Dict[str, Callable[..., bl.BaselineResult]] = {
+    "steu": bl.steu, "steu_embeddings_only": bl.steu_embeddings_only, "steu_head_only": bl.steu_head_only,
+    "gradient_ascent": bl.gradient_ascent, "direct_suppression": bl.direct_suppression,
+    "retain_finetune": bl.retain_finetune, "retrain": bl.retrain,
+}
+
+
+def _check_methods(methods: Sequence[str]) -> List[str]:
+    if isinstance(methods, str):
+        methods = [methods]
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown}; valid methods are {list(METHODS)}" if unknown
+                         else f"no methods given; valid methods are {list(METHODS)}")
+    return methods
+
+
+def run_compare(data: TextClassificationData, target, *, methods: Sequence[str] = METHODS,
+                model: str = DEFAULT_MODEL, out_dir: str = "steu_compare",
+                config: Optional[STEUConfig] = None, test_fraction: float = 0.3, finetune_epochs: int = 30,
+                seed: int = 0, top_layers: int = 3, progress: bool = True) -> Dict[str, Any]:
+    """Fine-tune once, run every method in ``methods`` from a copy, evaluate and write
+    ``report.json``, ``f1_per_class.png`` and ``tradeoff.png`` to ``out_dir``.
+
+    Returns the report; ``report["rows"]`` has one row per run (``original`` first) with ``method``,
+    ``forget_f1``, ``retain_macro_f1``, ``params_modified``, ``params_percent``, ``mia_auc``, ``seconds``
+    (wall-clock seconds of the method call, evaluation excluded; ``None`` for the original).
+    ``report["results"][method]`` holds the full evaluation (per-class F1, the forgotten class's
+    confusion, MIA losses), the exact per-tensor parameter changes, CPU seconds, settings and loss history.
+    """
+    # --- every check that needs no model, before any work ---
+    methods = _check_methods(methods)
+    cfg = config or STEUConfig(seed=seed)
+    names = list(data.label_names)
+    target_idx = resolve_target(target, names)
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    if not isinstance(top_layers, int) or top_layers < 0:
+        raise ValueError(f"top_layers must be an int >= 0, got {top_layers!r}")
+    if finetune_epochs < 0:
+        raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
+    if finetune_epochs == 0 and "retrain" in methods:
+        raise ValueError("'retrain' redoes the original fine-tuning: it needs finetune_epochs > 0")
+    multi = True if cfg.multi_label is None else bool(cfg.multi_label)  # sigmoid heads by default
+    if data.multi_label and not multi:
+        raise ValueError("the data is multi-label but a single-label (softmax) head was requested")
+
+    t_start = time.perf_counter()
+    torch.manual_seed(seed)
+    if model == DEFAULT_MODEL and ex.offline_minilm_path() is None:
+        log.warning("%s is not installed: using a small randomly initialised BERT instead", DEFAULT_MODEL)
+        model_desc = "tiny random BERT (2 layers, 128 hidden; WordPiece tokenizer trained on the data)"
+        net, tok = ex.tiny_bert(data.text, len(names), multi, seed)
+        mode = "full"
+    else:
+        net, tok = ex.load_classifier(model, names, multi)
+        kind = "offline MiniLM-L6 encoder, pretrained" if model == DEFAULT_MODEL else "pretrained"
+        model_desc = f"{model} ({kind})"
+        mode = "head"
+    cfg.validate(net.get_input_embeddings().weight.shape[0])
+    if set(methods) & set(_TOP_N):
+        bl.top_layer_params(net, top_layers, cfg.head_modules)  # raises for top_layers > the model's layers
+
+    train_idx, test_idx = stratified_split(data.labels, test_fraction, seed)
+    Y = label_matrix(data.labels, len(names))
+    enc = Encoded(tok, data.text, Y, cfg.max_length)
+    members = [i for i in train_idx if Y[i, target_idx] > 0]
+    nonmembers = [i for i in test_idx if Y[i, target_idx] > 0]
+    if not members or not nonmembers:
+        raise ValueError(f"class {names[target_idx]!r} needs documents in both the training and the test "
+                         f"split (has {len(members)} and {len(nonmembers)})")
+    base = copy.deepcopy(net) if "retrain" in methods else None  # the pretrained base, before fine-tuning
+
+    t_ft = time.perf_counter()
+    if finetune_epochs > 0:
+        train_classifier(net, enc, train_idx, mode=mode, epochs=finetune_epochs, seed=seed, multi_label=multi,
+                         head_modules=cfg.head_modules)
+    t_ft = time.perf_counter() - t_ft
+    net.eval()
+    fine_tuned = snapshot(net)
+
+    def _eval(m):
+        return evaluate(m, enc, test_idx, target_idx, names, multi, member_idx=members,
+                        nonmember_idx=nonmembers)
+
+    results: Dict[str, Dict[str, Any]] = {"original": _eval(net)}
+    total_params = sum(p.numel() for p in net.parameters())
+    rows: List[Dict[str, Any]] = [_row("original", results["original"], 0, total_params, None)]
+    train_texts = [data.text[i] for i in train_idx]
+    train_enc = enc.subset(train_idx)
+    for name in methods:
+        m = copy.deepcopy(base if name == "retrain" else net)
+        kw: Dict[str, Any] = {"config": cfg, "label_names": names, "encoded": train_enc, "progress": progress}
+        if name in _TOP_N:
+            kw["top_layers"] = top_layers
+        if name == "retrain":
+            kw.update(mode=mode, epochs=finetune_epochs, seed=seed)
+        torch.manual_seed(seed)
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = _FUNCS[name](m, tok, train_texts, Y[train_idx], target_idx, **kw)
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+        ev = _eval(m)
+        mod = modified_parameters(m, fine_tuned)
+        trainable = set(res.trainable)
+        ev.update(method=name, seconds=seconds, cpu_seconds=cpu_seconds, seconds_detail=res.seconds,
+                  steps=res.steps, settings=res.settings, trainable_tensors=res.trainable,
+                  trainable_params=sum(p.numel() for n, p in m.named_parameters() if n in trainable),
+                  params_modified={"count": mod["modified"], "total": mod["total"], "percent": mod["percent"],
+                                   "per_tensor": mod["per_tensor"]},
+                  history=res.history)
+        if res.steu is not None:
+            sel = res.steu.selected_tokens
+            ev["selected_tokens"] = {"k": int(sel.numel()),
+                                     "top": [tok.convert_ids_to_tokens(int(i)) for i in sel[:20]]}
+        results[name] = ev
+        rows.append(_row(name, ev, mod["modified"], mod["total"], seconds))
+        log.info("%s: forget F1 %.4f, retain F1 %.4f, %d params, %.1f s", name, ev["forget_f1"],
+                 ev["retain_macro_f1"], mod["modified"], seconds)
+        del m, res
+
+    report: Dict[str, Any] = {
+        "kind": "compare", "model": model_desc, "target": target_idx, "target_name": names[target_idx],
+        "label_names": names, "multi_label": multi, "methods": methods,
+        "data": {"documents": len(data), "train": len(train_idx), "test": len(test_idx),
+                 "forget_train_docs": len(members), "forget_test_docs": len(nonmembers)},
+        "config": asdict(cfg),
+        "compare": {"top_layers": top_layers, "layer_lr": bl.DEFAULT_LAYER_LR, "test_fraction": test_fraction,
+                    "finetune_epochs": finetune_epochs, "seed": seed, "out_dir": out_dir,
+                    "torch_threads": torch.get_num_threads()},
+        "finetune": {"mode": mode, "epochs": finetune_epochs, "seconds": t_ft},
+        "rows": rows,
+        "results": results,
+        "seconds": {"wall_total": time.perf_counter() - t_start},
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    write_json(os.path.join(out_dir, "report.json"), report)
+    f1 = {r: [results[r]["per_class_f1"][n] for n in names] for r in results}
+    plot_f1_per_method(os.path.join(out_dir, "f1_per_class.png"), names, f1, target_idx,
+                       title=f"Per-class F1 after forgetting {names[target_idx]!r}")
+    plot_tradeoff(os.path.join(out_dir, "tradeoff.png"), rows,
+                  title=f"Forgetting {names[target_idx]!r}: forget vs retain F1")
+    return report
+
+
+def _row(method: str, ev: Dict[str, Any], modified: int, total: int, seconds: Optional[float]
+         ) -> Dict[str, Any]:
+    return {"method": method, "forget_f1": ev["forget_f1"], "retain_macro_f1": ev["retain_macro_f1"],
+            "params_modified": int(modified), "params_percent": 100.0 * modified / max(total, 1),
+            "mia_auc": ev["mia_auc"], "seconds": seconds}
+
+
+def format_table(report: Dict[str, Any]) -> str:
+    """One aligned text table of the comparison: forget F1, retain avg F1, params modified, MIA AUC, time."""
+    head = ("method", f"forget F1 ({report['target_name']})", "retain avg F1", "params modified", "MIA AUC",
+            "time")
+    lines = []
+    for r in report["rows"]:
+        lines.append((r["method"], f"{r['forget_f1']:.4f}", f"{r['retain_macro_f1']:.4f}",
+                      f"{r['params_modified']:,} ({r['params_percent']:.3f} %)",
+                      "-" if r["mia_auc"] is None else f"{r['mia_auc']:.4f}",
+                      "-" if r["seconds"] is None else f"{r['seconds']:.1f} s"))
+    w = [max(len(head[j]), *(len(x[j]) for x in lines)) for j in range(len(head))]
+
+    def fmt(cells):
+        return "  ".join(c.ljust(w[0]) if j == 0 else c.rjust(w[j]) for j, c in enumerate(cells))
+
+    return "\n".join([fmt(head), "-" * (sum(w) + 2 * (len(w) - 1)), *(fmt(x) for x in lines)])
