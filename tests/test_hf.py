@@ -84,13 +84,14 @@ def test_steu_trainer_forgets_class_on_real_data(medical_abstracts_root, tmp_pat
     train_classifier(model, enc, train, mode="head", epochs=100, seed=0)
     base, original = copy.deepcopy(model), snapshot(model)
 
+    fresh = copy.deepcopy(model)
     args = _args(tmp_path, num_train_epochs=2, per_device_train_batch_size=8, per_device_eval_batch_size=64,
-                 lr_scheduler_type="constant", logging_steps=2)
+                 lr_scheduler_type="constant", logging_steps=2, save_strategy="steps", save_steps=5)
+    kw = dict(processing_class=tok, texts=[data.text[i] for i in train], labels=Y[train], encoded=enc.subset(train),
+              steu_config=STEUConfig(k=256, max_length=64, lr=3e-3, head_lr=3e-2),
+              eval_texts=[data.text[i] for i in test], eval_labels=Y[test])
     # the class name resolves through the model's id2label
-    trainer = STEUTrainer(model, args, processing_class=tok, texts=[data.text[i] for i in train],
-                          labels=Y[train], target="neoplasms", encoded=enc.subset(train),
-                          steu_config=STEUConfig(k=256, max_length=64, lr=3e-3, head_lr=3e-2),
-                          eval_texts=[data.text[i] for i in test], eval_labels=Y[test])
+    trainer = STEUTrainer(model, args, target="neoplasms", **kw)
     assert trainer.plan.target == 0 and len(trainer.selected_tokens) == 256
     assert not set(trainer.selected_tokens.tolist()) & set(tok.all_special_ids)
     before = trainer.evaluate()
@@ -116,6 +117,14 @@ def test_steu_trainer_forgets_class_on_real_data(medical_abstracts_root, tmp_pat
     assert edit.num_modified_elements == mod["modified"]
     STEUEdit.load(tmp_path / "edit.safetensors").apply(base)
     assert all(torch.equal(p, q) for p, q in zip(base.parameters(), model.parameters()))
+
+    # resuming from the mid-run checkpoint (step 5 of the first epoch) reaches the same weights exactly
+    assert trainer.state.global_step > 5 and (tmp_path / "checkpoint-5").is_dir()
+    resumed = STEUTrainer(fresh, _args(tmp_path / "resumed", num_train_epochs=2, per_device_train_batch_size=8,
+                                       lr_scheduler_type="constant", logging_steps=2), target="neoplasms", **kw)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
+    for (n, p), (_, q) in zip(resumed.model.named_parameters(), model.named_parameters()):
+        assert torch.equal(p, q), n
 
 
 # --------------------------------------------------------------------------------------------------
