@@ -43,6 +43,7 @@ def test_top_layer_baselines_touch_only_top_layers_and_head(method, multi_label)
     allowed = {n for n in original if n.startswith("bert.encoder.layer.1.")} | HEAD
     assert changed <= allowed
     assert set(res.trainable) == allowed
+    assert res.trainable_elements == sum(original[n].numel() for n in allowed)
     assert any(n.startswith("bert.encoder.layer.1.") for n in changed) and "classifier.weight" in changed
     assert res.steps == len(res.history) == CFG.epochs * 2  # 8 forget docs in batches of 4
     assert all(p.requires_grad for p in model.parameters())  # flags restored
@@ -70,6 +71,8 @@ def test_steu_ablations_touch_only_their_part(method, allowed):
     res = getattr(bl, method)(model, tok, texts, labels, 0, config=CFG)
     changed = _changed(model, original)
     assert changed == allowed and set(res.trainable) == allowed
+    head = 3 * 128 + 3 if HEAD <= allowed else 0
+    assert res.trainable_elements == res.steu.selected_tokens.numel() * 128 + head
     rows = (model.get_input_embeddings().weight != original[EMB]).any(1).nonzero().flatten().tolist()
     if EMB in allowed:
         assert 0 < len(rows) and set(rows) <= set(res.steu.selected_tokens.tolist())
@@ -142,6 +145,7 @@ def test_run_compare_medical_abstracts_tiny(small_abstracts, tmp_path, monkeypat
     assert rows["gradient_ascent"]["params_percent"] > rows["steu"]["params_percent"]
     assert rows["retrain"]["params_percent"] > 90  # tiny model: full fine-tuning from the random base
     assert rows["steu"]["params_percent"] == pytest.approx(100 * rows["steu"]["params_modified"] / total)
+    assert rep["results"]["steu"]["trainable_params"] == 16 * 128 + 5 * 128 + 5
 
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["rows"] == json.loads(json.dumps(rep["rows"]))

@@ -51,6 +51,7 @@ class BaselineResult:
     steps: int = 0
     settings: Dict[str, object] = field(default_factory=dict)  # method-specific choices, for the report
     steu: Optional[STEUResult] = None     # the STEU ablations keep their full result (edit, tokens)
+    trainable_elements: int = 0           # how many elements it could change (STEU: k rows, not the table)
 
 
 def encoder_layers(model: nn.Module) -> Tuple[str, nn.ModuleList]:
@@ -79,6 +80,10 @@ def top_layer_params(model: nn.Module, top_layers: int, head_modules: Optional[L
             out[f"{prefix}.{i}.{pname}"] = p
     out.update(find_head(model, head_modules))
     return out
+
+
+def _numel(params: Dict[str, nn.Parameter]) -> int:
+    return sum(p.numel() for p in params.values())
 
 
 def _prepare(model: nn.Module, tokenizer, texts, labels, target, cfg: STEUConfig,
@@ -207,7 +212,8 @@ def gradient_ascent(model: nn.Module, tokenizer, texts: Sequence[str], labels, t
     return BaselineResult(model, "gradient_ascent", list(params), hist,
                           {"setup": t1 - t0, "train": t2 - t1, "total": t2 - t0}, len(steps),
                           {"top_layers": top_layers, "layer_lr": layer_lr, "head_lr": cfg.head_lr,
-                           "epochs": cfg.epochs, "batch_size": cfg.batch_size, "steps": len(steps)})
+                           "epochs": cfg.epochs, "batch_size": cfg.batch_size, "steps": len(steps)},
+                          trainable_elements=_numel(params))
 
 
 def direct_suppression(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
@@ -239,7 +245,8 @@ def direct_suppression(model: nn.Module, tokenizer, texts: Sequence[str], labels
                           {"setup": t1 - t0, "train": t2 - t1, "total": t2 - t0}, len(steps),
                           {"top_layers": top_layers, "layer_lr": layer_lr, "head_lr": cfg.head_lr,
                            "utility_weight": cfg.utility_weight, "epochs": cfg.epochs,
-                           "batch_size": cfg.batch_size, "steps": len(steps)})
+                           "batch_size": cfg.batch_size, "steps": len(steps)},
+                          trainable_elements=_numel(params))
 
 
 def retain_finetune(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
@@ -268,7 +275,8 @@ def retain_finetune(model: nn.Module, tokenizer, texts: Sequence[str], labels, t
                           {"setup": t1 - t0, "train": t2 - t1, "total": t2 - t0}, len(steps),
                           {"top_layers": top_layers, "layer_lr": layer_lr, "head_lr": cfg.head_lr,
                            "batch_size": 2 * cfg.batch_size, "steps": len(steps),
-                           "retain_docs": len(retain)})
+                           "retain_docs": len(retain)},
+                          trainable_elements=_numel(params))
 
 
 def retrain(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
@@ -290,10 +298,12 @@ def retrain(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *
                               multi_label=multi, head_modules=cfg.head_modules, progress=progress)
     t2 = time.perf_counter()
     history = [{"epoch": e, "loss": v} for e, v in enumerate(losses)]
+    allowed = set(trainable)
+    n_elements = sum(p.numel() for n, p in model.named_parameters() if n in allowed)
     return BaselineResult(model, "retrain", trainable, history,
                           {"setup": t1 - t0, "train": t2 - t1, "total": t2 - t0}, epochs,
                           {"mode": mode, "epochs": epochs, "lr": lr, "seed": seed,
-                           "retain_docs": len(retain)})
+                           "retain_docs": len(retain)}, trainable_elements=n_elements)
 
 
 def _steu_variant(method: str, change: Dict[str, bool], model, tokenizer, texts, labels, target, config,
@@ -305,8 +315,11 @@ def _steu_variant(method: str, change: Dict[str, bool], model, tokenizer, texts,
     total = time.perf_counter() - t0
     trainable = ([embedding_param_name(model)] if cfg.train_embeddings else []) + (
         list(find_head(model, cfg.head_modules)) if cfg.train_head else [])
+    head = find_head(model, cfg.head_modules) if cfg.train_head else {}
+    rows = res.selected_tokens.numel() * model.get_input_embeddings().weight.shape[1]
     return BaselineResult(model, method, trainable, res.history, {**res.seconds, "total": total},
-                          len(res.history), {"k": cfg.k, **change}, steu=res)
+                          len(res.history), {"k": cfg.k, **change}, steu=res,
+                          trainable_elements=rows + _numel(head))
 
 
 def steu_embeddings_only(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,

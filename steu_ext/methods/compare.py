@@ -139,10 +139,9 @@ def run_compare(data: TextClassificationData, target, *, methods: Sequence[str] 
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         ev = _eval(m)
         mod = modified_parameters(m, fine_tuned)
-        trainable = set(res.trainable)
         ev.update(method=name, seconds=seconds, cpu_seconds=cpu_seconds, seconds_detail=res.seconds,
                   steps=res.steps, settings=res.settings, trainable_tensors=res.trainable,
-                  trainable_params=sum(p.numel() for n, p in m.named_parameters() if n in trainable),
+                  trainable_params=res.trainable_elements,
                   params_modified={"count": mod["modified"], "total": mod["total"], "percent": mod["percent"],
                                    "per_tensor": mod["per_tensor"]},
                   history=res.history)
