@@ -35,7 +35,7 @@ from torch import nn
 
 from ._model import Encoded, embedding_param_name, find_head, is_multi_label, predict_logits
 from .finetune import train_classifier
-from .steu import STEUConfig, STEUResult, forget_loss, label_matrix, resolve_target, unlearn, utility_loss
+from .steu import STEUConfig, STEUResult, forget_loss, label_matrix, resolve_target, split_forget_retain, unlearn, utility_loss
 
 DEFAULT_TOP_LAYERS = 3
 DEFAULT_LAYER_LR = 5e-5
@@ -101,12 +101,7 @@ def _prepare(model: nn.Module, tokenizer, texts, labels, target, cfg: STEUConfig
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
     data = encoded or Encoded(tokenizer, texts, label_matrix(labels, C), cfg.max_length)
-    forget = [i for i in range(len(data)) if data.labels[i, t] > 0]
-    retain = [i for i in range(len(data)) if data.labels[i, t] == 0]
-    if not forget:
-        raise ValueError(f"no training document carries the target class {names[t]!r}")
-    if not retain:
-        raise ValueError("every training document carries the target class: nothing to retain")
+    forget, retain = split_forget_retain(data, t, names)
     return names, t, multi, data, forget, retain
 
 

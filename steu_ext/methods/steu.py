@@ -109,6 +109,17 @@ def resolve_target(target, label_names: Sequence[str]) -> int:
     return t
 
 
+
+def split_forget_retain(data: Encoded, target: int, names: Sequence[str]):
+    """Indices of the documents carrying ``target`` (forget set) and of the rest (retain set)."""
+    forget = [i for i in range(len(data)) if data.labels[i, target] > 0]
+    retain = [i for i in range(len(data)) if data.labels[i, target] == 0]
+    if not forget:
+        raise ValueError(f"no training document carries the target class {names[target]!r}")
+    if not retain:
+        raise ValueError("every training document carries the target class: nothing to retain")
+    return forget, retain
+
 def count_tokens(data: Encoded, num_tokens: int, num_classes: int, batch_size: int = 512) -> PMICounter:
     """Document-level token x class counts over the tokenized corpus."""
     counter = PMICounter(num_tokens, num_classes)
@@ -183,12 +194,7 @@ def prepare(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *
 
     t0 = time.perf_counter()
     data = encoded or Encoded(tokenizer, texts, label_matrix(labels, C), cfg.max_length)
-    forget = [i for i in range(len(data)) if data.labels[i, target] > 0]
-    retain = [i for i in range(len(data)) if data.labels[i, target] == 0]
-    if not forget:
-        raise ValueError(f"no training document carries the target class {names[target]!r}")
-    if not retain:
-        raise ValueError("every training document carries the target class: nothing to retain")
+    forget, retain = split_forget_retain(data, target, names)
     t_tok = time.perf_counter()
 
     counter = count_tokens(data, V, C)
