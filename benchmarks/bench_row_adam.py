@@ -71,3 +71,52 @@ def test_row_adam(benchmark, recorder, device, size, provider):
     run(benchmark, recorder, fn, op="row_adam", provider=provider, size="V{}_D{}_K{}".format(*size),
         inner=2 if slow else 20, rounds=5 if slow else 9, bytes_moved=7 * K * D * 4,
         extra={"optimizer_state_bytes": state_bytes})
+
+
+# Dense head next to the rows: the tensors of a BERT-base classifier head (pooler 768x768 + bias, classifier
+# 6x768 + bias) and, at full size, the LoRA adapters of a 7B-class model (2 x 32 layers x 4 modules of
+# r=8 x 4096): torch.optim.Adam (foreach, one launch per tensor group chunk; fused where available) vs one
+# multi_adam_ launch.
+HEADS = {"bert_head": [(768, 768), (768,), (6, 768), (6,)]}
+if full_sizes():
+    HEADS["lora_r8_x256"] = [(8, 4096)] * 256
+HEAD_PROVIDERS = ["stock:adam_foreach", "stock:adam_fused"] + [f"ours:{b}" for b in backends("multi_adam")]
+
+
+@cached
+def make_head(name, device):
+    g = torch.Generator().manual_seed(1)
+    params = [torch.randn(s, generator=g).to(device) for s in HEADS[name]]
+    grads = [torch.randn(s, generator=g).to(device) for s in HEADS[name]]
+    return params, grads
+
+
+@pytest.mark.parametrize("provider", HEAD_PROVIDERS)
+@pytest.mark.parametrize("head", list(HEADS))
+def test_multi_adam(benchmark, recorder, device, head, provider):
+    params, grads = make_head(head, device)
+    n = sum(p.numel() for p in params)
+    if provider.startswith("stock:"):
+        fused = provider == "stock:adam_fused"
+        if fused and not (device.startswith("cuda") or hasattr(torch, "_fused_adam_")):
+            pytest.skip("no fused Adam on this device")
+        ps = [torch.nn.Parameter(p.clone()) for p in params]
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        opt = torch.optim.Adam(ps, lr=1e-3, fused=True) if fused else torch.optim.Adam(ps, lr=1e-3, foreach=True)
+        fn = opt.step
+    else:
+        from steu_ext.ops.row_adam import multi_adam_
+
+        b = provider.split(":")[1]
+        ps = [p.clone() for p in params]
+        ms = [torch.zeros_like(p) for p in ps]
+        vs = [torch.zeros_like(p) for p in ps]
+        steps = [torch.ones((), device=device) for _ in ps]
+
+        def fn():
+            with use_backend({"multi_adam": b}):
+                multi_adam_(ps, grads, ms, vs, steps, lr=1e-3)
+
+    run(benchmark, recorder, fn, op="multi_adam", provider=provider, size=f"{head}_{len(params)}x_{n}",
+        inner=10, rounds=9, bytes_moved=7 * n * 4)

@@ -11,6 +11,11 @@ TORCH_LIBRARY(steu_ext, m) {
       "row_adam_(Tensor(a!) param, Tensor grad, Tensor rows, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
       "Tensor step, float lr, float beta1, float beta2, float eps, float weight_decay, bool decoupled, "
       "bool maximize, bool grad_gathered) -> ()");
+  // Dense Adam/AdamW step over a list of tensors at once (one launch); steps[i] already incremented.
+  m.def(
+      "multi_adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor[] steps, float lr, float beta1, float beta2, float eps, float weight_decay, bool decoupled, "
+      "bool maximize) -> ()");
   // g <- g - coef * r over a list of tensors, coef = <g, r>_F / <r, r>_F; returns coef (float32 scalar).
   m.def(
       "grad_project_(Tensor(a!)[] grads, Tensor[] ref, Tensor[]? fisher, bool conflict_only, float eps) "

@@ -37,6 +37,14 @@ def sample_inputs(op: str, device: str):
             st = [torch.randn(K, D, generator=g), torch.rand(K, D, generator=g)]
             out.append((p.to(device), grad.to(device), rows.to(device), st[0].to(device), st[1].to(device),
                         torch.tensor(3.0, device=device), 1e-2, 0.9, 0.999, 1e-8, 0.01, gathered, False, gathered))
+    elif op == "multi_adam_":
+        shapes, dtypes = [(3, 4), (7,), (1,)], [torch.float32, torch.bfloat16, torch.float16]
+        params = [torch.randn(s, generator=g).to(dt).to(device) for s, dt in zip(shapes, dtypes)]
+        grads = [torch.randn(s, generator=g).to(dt).to(device) for s, dt in zip(shapes, dtypes)]
+        m = [torch.randn(s, generator=g).to(device) for s in shapes]
+        v = [torch.rand(s, generator=g).to(device) for s in shapes]
+        steps = [torch.tensor(float(i + 1), device=device) for i in range(len(shapes))]
+        out.append((params, grads, m, v, steps, 1e-2, 0.9, 0.999, 1e-8, 0.01, True, False))
     elif op == "grad_project_":
         shapes = [(3, 4), (7,), ()]
         for fisher in (False, True):
@@ -53,7 +61,8 @@ def sample_inputs(op: str, device: str):
 
 
 @pytest.mark.parametrize("device", _devices())
-@pytest.mark.parametrize("op", ["doc_counts", "row_adam_", "grad_project_", "grad_project_basis_"])
+@pytest.mark.parametrize("op", ["doc_counts", "row_adam_", "multi_adam_", "grad_project_",
+                                "grad_project_basis_"])
 def test_opcheck(op, device):
     for args in sample_inputs(op, device):
         torch.library.opcheck(getattr(torch.ops.steu_ext, op).default, args,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -446,3 +448,134 @@ def test_functional_bad_inputs():
         with pytest.raises(err, match=msg):
             call(**kw)
     assert torch.equal(p, torch.zeros(V, D)) and torch.equal(m, torch.zeros(K, D))   # nothing applied
+
+
+# ------------------------------------------------------------------- multi_adam_: dense tensors, one launch
+MULTI_BACKENDS = backends_for("multi_adam")
+# awkward sizes: 1, 7, 123, an empty tensor, a 2-D head, and one longer than a 16 Ki-element chunk
+MULTI_SHAPES = [(1,), (7,), (123,), (0,), (6, 29), (16391,)]
+
+
+def _multi_inputs(device, dtypes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=g).to(dt).to(device) for s, dt in zip(MULTI_SHAPES, dtypes)]
+    grads = [torch.randn(s, generator=g).to(dt).to(device) for s, dt in zip(MULTI_SHAPES, dtypes)]
+    return params, grads
+
+
+@pytest.mark.parametrize("device,backend", MULTI_BACKENDS)
+@pytest.mark.parametrize("decoupled,weight_decay,maximize", [(False, 0.0, False), (False, 0.1, True),
+                                                             (True, 0.1, False)])
+@pytest.mark.parametrize("mixed", [False, True], ids=["fp32", "mixed-dtypes"])
+def test_multi_adam_matches_torch_adam(device, backend, force_backend, decoupled, weight_decay, maximize,
+                                       mixed):
+    """Every tensor of the list equals torch.optim.Adam(W) run on it alone, over steps where the tensors
+    have different step counts (one of them skips the first two steps)."""
+    force_backend("multi_adam", backend)
+    dtypes = ([torch.float32, torch.bfloat16, torch.float16, torch.float32, torch.float32, torch.bfloat16]
+              if mixed else [torch.float32] * len(MULTI_SHAPES))
+    params, grads = _multi_inputs(device, dtypes)
+    grads_before = [x.clone() for x in grads]
+    ours = [p.clone() for p in params]
+    m = [torch.zeros(p.shape, dtype=torch.float32, device=device) for p in params]
+    v = [torch.zeros(p.shape, dtype=torch.float32, device=device) for p in params]
+    steps = [torch.zeros((), dtype=torch.float32, device=device) for _ in params]
+    # torch reference on fp32 copies, each tensor its own optimizer
+    refs = [p.float().clone().requires_grad_(True) for p in params]
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    opts = [cls([r], lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=weight_decay, maximize=maximize,
+                foreach=False) for r in refs]
+    for t in range(4):
+        live = [i for i in range(len(params)) if not (i == 2 and t < 2)]
+        for i in live:
+            steps[i] += 1
+        steu_ext_multi_adam([ours[i] for i in live], [grads[i] for i in live], [m[i] for i in live],
+                            [v[i] for i in live], [steps[i] for i in live], lr=1e-2, beta1=0.8, beta2=0.99,
+                            eps=1e-6, weight_decay=weight_decay, decoupled=decoupled, maximize=maximize)
+        for i in live:
+            refs[i].grad = grads[i].float()
+            opts[i].step()
+            if dtypes[i] != torch.float32:      # the reference keeps the parameter in the low precision too
+                with torch.no_grad():
+                    refs[i].copy_(refs[i].to(dtypes[i]).float())
+    for i, dt in enumerate(dtypes):
+        assert torch.equal(grads[i], grads_before[i])            # the caller's gradients are untouched
+        assert ours[i].dtype == dt
+        tol = dict(rtol=1e-5, atol=1e-6) if dt == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(ours[i].float(), refs[i].detach(), **tol)
+        assert float(steps[i]) == (2 if i == 2 else 4)
+        torch.testing.assert_close(m[i], opts[i].state[refs[i]]["exp_avg"], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("device,backend", MULTI_BACKENDS)
+def test_multi_adam_backends_agree_with_reference(device, backend, force_backend):
+    """One call on mixed dtypes: the backend equals the reference (fp32 bit-for-bit up to 1 ulp)."""
+    dtypes = [torch.float32, torch.bfloat16, torch.float16, torch.float32, torch.float32, torch.float32]
+    outs = []
+    for b in ("reference", backend):
+        force_backend("multi_adam", b)
+        params, grads = _multi_inputs(device, dtypes, seed=3)
+        gen = torch.Generator().manual_seed(4)
+        m = [torch.randn(p.shape, generator=gen).to(device) for p in params]
+        v = [torch.rand(p.shape, generator=gen).to(device) for p in params]
+        steps = [torch.tensor(float(i + 1), device=device) for i in range(len(params))]
+        steu_ext_multi_adam(params, grads, m, v, steps, lr=3e-3, weight_decay=0.01, decoupled=True)
+        outs.append((params, m, v))
+    for a, b in zip(outs[0], outs[1]):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x.float(), y.float(), rtol=2e-6, atol=1e-7)
+
+
+def test_optimizer_dense_group_is_one_launch(force_backend):
+    """All dense tensors of a group (here a 3-tensor head) are updated by one multi_adam_ call per step."""
+    force_backend("multi_adam", "reference")
+    calls = []
+    real = _backend.resolve("multi_adam", "cpu")[1]
+
+    def counting(*args):
+        calls.append(len(args[0]))
+        return real(*args)
+
+    head = nn.Sequential(nn.Linear(8, 5), nn.Linear(5, 3, bias=False))
+    opt = RowSparseAdamW(head.parameters(), lr=1e-2)
+    x = torch.randn(4, 8)
+    with mock.patch.dict(_backend._KERNELS, {("multi_adam", name): dataclasses.replace(k, fn=counting)
+                                             for (op, name), k in _backend._KERNELS.items()
+                                             if op == "multi_adam"}):
+        for _ in range(3):
+            opt.zero_grad()
+            head(x).sum().backward()
+            opt.step()
+    assert calls == [3, 3, 3]
+
+
+def test_multi_adam_bad_inputs():
+    p, g = torch.zeros(4), torch.zeros(4)
+    m, v, t = torch.zeros(4), torch.zeros(4), torch.ones(())
+    ok = dict(lr=1e-2)
+    with pytest.raises(ValueError, match="grads has 0 tensors"):
+        steu_ext_multi_adam([p], [], [m], [v], [t], **ok)
+    with pytest.raises(TypeError, match="list of tensors"):
+        steu_ext_multi_adam(p, g, m, v, t, **ok)
+    with pytest.raises(TypeError, match="params\\[0\\] has dtype"):
+        steu_ext_multi_adam([p.long()], [g.long()], [m], [v], [t], **ok)
+    with pytest.raises(ValueError, match="grads\\[0\\] is"):
+        steu_ext_multi_adam([p], [torch.zeros(5)], [m], [v], [t], **ok)
+    with pytest.raises(TypeError, match="exp_avgs\\[0\\] has dtype"):
+        steu_ext_multi_adam([p], [g], [m.double()], [v], [t], **ok)
+    with pytest.raises(ValueError, match="exp_avg_sqs\\[0\\] must be contiguous with 4"):
+        steu_ext_multi_adam([p], [g], [m], [torch.zeros(3)], [t], **ok)
+    with pytest.raises(TypeError, match="steps\\[0\\] has dtype"):
+        steu_ext_multi_adam([p], [g], [m], [v], [torch.ones((), dtype=torch.int64)], **ok)
+    with pytest.raises(ValueError, match="contiguous"):
+        q = torch.zeros(4, 2).t()
+        steu_ext_multi_adam([q], [torch.zeros(2, 4)], [torch.zeros(8)], [torch.zeros(8)], [t], **ok)
+    with pytest.raises(ValueError, match="sparse"):
+        steu_ext_multi_adam([p], [torch.zeros(4).to_sparse()], [m], [v], [t], **ok)
+    steu_ext_multi_adam([], [], [], [], [], **ok)                 # nothing to do
+    assert torch.equal(p, torch.zeros(4)) and torch.equal(m, torch.zeros(4))
+
+
+def steu_ext_multi_adam(*args, **kw):
+    from steu_ext.ops.row_adam import multi_adam_
+    return multi_adam_(*args, **kw)

@@ -318,6 +318,14 @@ def _hopper_report():
                              dict(ra_const, K=1, D=1, BLOCK_D=1, PARAM_BF16=False))
     out["fp64_params"] = sorted(p.name for k in (ra._row_adam_kernel, gp._grad_project_coef_kernel)
                                 for p in k.params if p.annotation_type == "fp64")
+    ma_sig = dict(tab_ptr="*i64", map_ptr="*i64", lr="fp64", ln_beta1="fp64", ln_beta2="fp64", w1="fp32",
+                  beta2="fp32", one_minus_beta2="fp32", eps="fp32", weight_decay="fp32", decay="fp32")
+    for code, al in ((-1, True), (0, True), (2, False)):   # mixed dtypes / fp32 / bf16 unaligned
+        out[f"multi_adam_{code}_{al}"] = c(ra._multi_adam_kernel, ma_sig,
+                                            dict(DECOUPLED=True, MAXIMIZE=False, HAS_WD=True, PCODE=code,
+                                                 ALIGNED=al, CHUNK=ra.CHUNK, BLOCK=ra.BLOCK))
+    out["multi_adam_fp64_params"] = sorted(p.name for p in ra._multi_adam_kernel.params
+                                           if p.annotation_type == "fp64")
 
     tab = {"tab_ptr": "*i64", "map_ptr": "*i64"}
     chunks = dict(CHUNK=gp.CHUNK, BLOCK=gp.BLOCK)
@@ -372,6 +380,10 @@ def test_kernels_compile_for_hopper():
     assert want <= set(out["row_adam"]), out["row_adam"]
     # scalars annotated tl.float64 reach the kernels as doubles (a string annotation would silently be fp32)
     assert out["fp64_params"] == ["eps", "ln_beta1", "ln_beta2", "lr"]
+    assert out["multi_adam_fp64_params"] == ["ln_beta1", "ln_beta2", "lr"]
+    for name in ("multi_adam_-1_True", "multi_adam_0_True"):                       # aligned: vectorised
+        assert {"ld.global.v4", "st.global.v4", "div.rn.f32", "sqrt.rn.f32"} <= set(out[name]), out[name]
+    assert "ld.global.v4" not in out["multi_adam_2_False"]
     vector = ("gp_dot_True", "gp_update_True", "gp_dot_code0", "gp_update_code0", "gp_dot_code2",
               "gp_update_code2", "basis_dot", "basis_update")
     for name in vector:                                                             # aligned: vectorised

@@ -27,6 +27,7 @@ namespace steu_ext {
 namespace {
 
 using steu_ext::cuda::block_sum;
+using steu_ext::cuda::dispatch_dtype;
 using steu_ext::cuda::DType;
 using steu_ext::cuda::load4;
 using steu_ext::cuda::store4;
@@ -92,37 +93,11 @@ Plan make_plan(at::TensorList grads, at::TensorList as, const std::optional<at::
   Plan plan;
   plan.n_chunks = static_cast<int64_t>(chunk_tensor.size());
   if (plan.n_chunks == 0) return plan;
-  const size_t meta_bytes = metas.size() * sizeof(TensorMeta);
-  const size_t bytes = meta_bytes + chunk_tensor.size() * sizeof(int32_t);
-  // Pinned staging buffer + non_blocking copy on the current stream: no sync. The caching host allocator
-  // keeps the buffer alive until the copy has run.
-  at::Tensor host = at::empty({static_cast<int64_t>(bytes)},
-                              at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  uint8_t* h = host.data_ptr<uint8_t>();
-  std::memcpy(h, metas.data(), meta_bytes);
-  std::memcpy(h + meta_bytes, chunk_tensor.data(), chunk_tensor.size() * sizeof(int32_t));
-  plan.blob = at::empty({static_cast<int64_t>(bytes)}, grads[0].options().dtype(at::kByte));
-  plan.blob.copy_(host, /*non_blocking=*/true);
+  plan.blob = steu_ext::cuda::upload_tables(metas, chunk_tensor, grads[0].options());
   const uint8_t* d = plan.blob.const_data_ptr<uint8_t>();  // device allocations are >= 256-byte aligned
   plan.meta = reinterpret_cast<const TensorMeta*>(d);
-  plan.chunk_tensor = reinterpret_cast<const int32_t*>(d + meta_bytes);  // meta_bytes % 8 == 0
+  plan.chunk_tensor = reinterpret_cast<const int32_t*>(d + metas.size() * sizeof(TensorMeta));
   return plan;
-}
-
-// Calls f(T{}) with T the element type of `code`.
-template <typename F>
-__device__ __forceinline__ void dispatch_dtype(int32_t code, F&& f) {
-  switch (code) {
-    case steu_ext::cuda::kF16:
-      f(c10::Half{});
-      break;
-    case steu_ext::cuda::kBF16:
-      f(c10::BFloat16{});
-      break;
-    default:
-      f(float{});
-      break;
-  }
 }
 
 // The chunk of block blockIdx.x: its tensor, first element and length.

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "utils.cuh"
 
@@ -145,6 +146,25 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+AdamArgs make_args(double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled,
+                   bool maximize) {
+  const double lerp_w = 1.0 - beta1;
+  AdamArgs a{};
+  a.gsign = maximize ? -1.0f : 1.0f;
+  a.wd = static_cast<float>(weight_decay);
+  a.decay = (weight_decay != 0 && decoupled) ? static_cast<float>(1.0 - lr * weight_decay) : 1.0f;
+  a.lerp_w = static_cast<float>(lerp_w);
+  a.beta2 = static_cast<float>(beta2);
+  a.one_minus_beta2 = static_cast<float>(1.0 - beta2);
+  a.eps = static_cast<float>(eps);
+  a.coupled_wd = weight_decay != 0 && !decoupled;
+  a.lerp_small = std::abs(lerp_w) < 0.5;
+  a.lr = lr;
+  a.beta1_d = beta1;
+  a.beta2_d = beta2;
+  return a;
+}
+
 bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 template <typename scalar_t>
@@ -211,20 +231,7 @@ void row_adam_cuda(const at::Tensor& param, const at::Tensor& grad, const at::Te
   if (K == 0 || D == 0) return;
 
   const c10::cuda::CUDAGuard guard(param.device());
-  const double lerp_w = 1.0 - beta1;
-  AdamArgs a{};
-  a.gsign = maximize ? -1.0f : 1.0f;
-  a.wd = static_cast<float>(weight_decay);
-  a.decay = (weight_decay != 0 && decoupled) ? static_cast<float>(1.0 - lr * weight_decay) : 1.0f;
-  a.lerp_w = static_cast<float>(lerp_w);
-  a.beta2 = static_cast<float>(beta2);
-  a.one_minus_beta2 = static_cast<float>(1.0 - beta2);
-  a.eps = static_cast<float>(eps);
-  a.coupled_wd = weight_decay != 0 && !decoupled;
-  a.lerp_small = std::abs(lerp_w) < 0.5;
-  a.lr = lr;
-  a.beta1_d = beta1;
-  a.beta2_d = beta2;
+  AdamArgs a = make_args(lr, beta1, beta2, eps, weight_decay, decoupled, maximize);
   if (step.is_cpu()) {  // reading a CPU value is not a device sync; same checks as the CPU kernel
     const double t = step.item<double>();
     TORCH_CHECK(t >= 1, "row_adam_: step must be >= 1 (increment it before the call), got ", t);
@@ -263,10 +270,141 @@ void row_adam_cuda(const at::Tensor& param, const at::Tensor& grad, const at::Te
   }), at::kFloat, at::kHalf, at::kBFloat16);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// multi_adam_: the dense step over every element of a list of tensors, one launch. Each tensor is cut into
+// kMultiChunk-element chunks; block c handles chunk c of whichever tensor it belongs to (tables built on the
+// host, uploaded asynchronously: no host sync), with that tensor's dtype and step count.
+
+constexpr int64_t kMultiChunk = 16384;  // a multiple of 4: chunks of an aligned tensor start aligned
+
+struct AdamTensor {
+  void* p;
+  const void* g;
+  float* m;
+  float* v;
+  const float* step;
+  int64_t numel;
+  int64_t first_chunk;
+  int32_t dtype;   // steu_ext::cuda::DType of p and g
+  int32_t vec_ok;  // p, g aligned to 4 elements and m, v to 16 bytes
+};
+
+template <typename T>
+__device__ void multi_adam_chunk(const AdamTensor& t, int64_t begin, int64_t len, const AdamArgs& a,
+                                 float step_size, float bc2_sqrt) {
+  T* p = static_cast<T*>(t.p) + begin;
+  const T* g = static_cast<const T*>(t.g) + begin;
+  float* m = t.m + begin;
+  float* v = t.v + begin;
+  int64_t done = 0;
+  if (t.vec_ok) {
+    const int64_t n4 = len / 4;
+    for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
+      float pv[4], gv[4];
+      steu_ext::cuda::load4(p + 4 * i, pv);
+      steu_ext::cuda::load4(g + 4 * i, gv);
+      float4 mv = reinterpret_cast<const float4*>(m)[i];
+      float4 vv = reinterpret_cast<const float4*>(v)[i];
+      adam_elem(pv[0], gv[0], mv.x, vv.x, a, step_size, bc2_sqrt);
+      adam_elem(pv[1], gv[1], mv.y, vv.y, a, step_size, bc2_sqrt);
+      adam_elem(pv[2], gv[2], mv.z, vv.z, a, step_size, bc2_sqrt);
+      adam_elem(pv[3], gv[3], mv.w, vv.w, a, step_size, bc2_sqrt);
+      steu_ext::cuda::store4(p + 4 * i, pv);
+      reinterpret_cast<float4*>(m)[i] = mv;
+      reinterpret_cast<float4*>(v)[i] = vv;
+    }
+    done = 4 * n4;
+  }
+  for (int64_t i = done + threadIdx.x; i < len; i += blockDim.x) {
+    float pf = static_cast<float>(p[i]);
+    float mf = m[i], vf = v[i];
+    adam_elem(pf, static_cast<float>(g[i]), mf, vf, a, step_size, bc2_sqrt);
+    p[i] = static_cast<T>(pf);
+    m[i] = mf;
+    v[i] = vf;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    multi_adam_kernel(const AdamTensor* __restrict__ meta, const int32_t* __restrict__ chunk_tensor,
+                      const AdamArgs a) {
+  const int64_t c = blockIdx.x;
+  const AdamTensor t = meta[chunk_tensor[c]];
+  __shared__ float s_step_size, s_bc2_sqrt;
+  if (threadIdx.x == 0) {
+    const double step = static_cast<double>(*t.step);
+    s_step_size = static_cast<float>(a.lr / (1.0 - ::pow(a.beta1_d, step)));
+    s_bc2_sqrt = static_cast<float>(::sqrt(1.0 - ::pow(a.beta2_d, step)));
+  }
+  __syncthreads();
+  const int64_t begin = (c - t.first_chunk) * kMultiChunk;
+  const int64_t len = min(kMultiChunk, t.numel - begin);
+  steu_ext::cuda::dispatch_dtype(t.dtype, [&](auto tag) {
+    multi_adam_chunk<decltype(tag)>(t, begin, len, a, s_step_size, s_bc2_sqrt);
+  });
+}
+
+void multi_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                     at::TensorList exp_avg_sqs, at::TensorList steps, double lr, double beta1, double beta2,
+                     double eps, double weight_decay, bool decoupled, bool maximize) {
+  const size_t n = params.size();
+  TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && steps.size() == n,
+              "multi_adam_: params, grads, exp_avgs, exp_avg_sqs and steps must have the same length");
+  if (n == 0) return;
+  const at::Device device = params[0].device();
+  TORCH_CHECK(device.is_cuda(), "multi_adam_: params must be CUDA tensors");
+  std::vector<AdamTensor> metas;
+  std::vector<int32_t> chunk_tensor;
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor &p = params[i], &g = grads[i], &m = exp_avgs[i], &v = exp_avg_sqs[i], &t = steps[i];
+    for (const at::Tensor* x : {&p, &g, &m, &v, &t}) {
+      TORCH_CHECK(x->device() == device, "multi_adam_: every tensor must be on ", device, ", got one on ",
+                  x->device(), " (list index ", i, ")");
+    }
+    TORCH_CHECK(p.is_contiguous() && g.is_contiguous() && g.scalar_type() == p.scalar_type() &&
+                    g.numel() == p.numel(),
+                "multi_adam_: grads[", i, "] must be contiguous with the dtype and size of params[", i, "]");
+    TORCH_CHECK(m.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat && m.is_contiguous() &&
+                    v.is_contiguous() && m.numel() == p.numel() && v.numel() == p.numel(),
+                "multi_adam_: exp_avgs[", i, "] and exp_avg_sqs[", i, "] must be contiguous float32 with ",
+                p.numel(), " elements");
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.numel() == 1, "multi_adam_: steps[", i,
+                "] must be one float32 value on the device");
+    if (p.numel() == 0) continue;
+    AdamTensor tm{};
+    tm.p = p.data_ptr();
+    tm.g = g.const_data_ptr();
+    tm.m = m.data_ptr<float>();
+    tm.v = v.data_ptr<float>();
+    tm.step = t.const_data_ptr<float>();
+    tm.numel = p.numel();
+    tm.first_chunk = static_cast<int64_t>(chunk_tensor.size());
+    tm.dtype = steu_ext::cuda::dtype_code(p.scalar_type(), "multi_adam_");
+    const size_t ev = 4 * p.element_size();
+    tm.vec_ok = aligned(tm.p, ev) && aligned(tm.g, ev) && aligned(tm.m, 16) && aligned(tm.v, 16);
+    const int64_t nc = ceil_div(tm.numel, kMultiChunk);
+    TORCH_CHECK(static_cast<int64_t>(chunk_tensor.size()) + nc < 0x7fffffff,
+                "multi_adam_: too many elements for one launch");
+    chunk_tensor.insert(chunk_tensor.end(), static_cast<size_t>(nc), static_cast<int32_t>(metas.size()));
+    metas.push_back(tm);
+  }
+  if (chunk_tensor.empty()) return;
+  const c10::cuda::CUDAGuard guard(device);
+  const at::Tensor blob = steu_ext::cuda::upload_tables(metas, chunk_tensor, params[0].options());
+  const uint8_t* d = blob.const_data_ptr<uint8_t>();
+  const AdamArgs a = make_args(lr, beta1, beta2, eps, weight_decay, decoupled, maximize);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
+  multi_adam_kernel<<<static_cast<unsigned>(chunk_tensor.size()), kThreads, 0, stream>>>(
+      reinterpret_cast<const AdamTensor*>(d),
+      reinterpret_cast<const int32_t*>(d + metas.size() * sizeof(AdamTensor)), a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(steu_ext, CUDA, m) {
   m.impl("row_adam_", &row_adam_cuda);
+  m.impl("multi_adam_", &multi_adam_cuda);
 }
 
 }  // namespace steu_ext

@@ -13,7 +13,11 @@
 #include <c10/util/Half.h>
 #include <cuda_runtime.h>
 
+#include <ATen/ops/empty.h>
+
 #include <cstdint>
+#include <cstring>
+#include <vector>
 
 namespace steu_ext {
 namespace cuda {
@@ -45,6 +49,42 @@ inline DType dtype_code(at::ScalarType st, const char* op) {
   }
   TORCH_CHECK(false, op, ": unsupported dtype ", st, " (expected float32, float16 or bfloat16)");
   return kF32;  // unreachable
+}
+
+// Copies a multi-tensor launch's tables -- `metas` (one struct per tensor, sizeof a multiple of 8) then the
+// int32 chunk -> tensor map -- to one device buffer on `options`' device: staged in pinned memory and copied
+// with non_blocking on the current stream, so no host sync (the caching host allocator keeps the staging
+// buffer alive until the copy has run). Returns the buffer; the map starts at byte metas.size() * sizeof(Meta).
+template <typename Meta>
+at::Tensor upload_tables(const std::vector<Meta>& metas, const std::vector<int32_t>& chunk_tensor,
+                         const at::TensorOptions& options) {
+  static_assert(sizeof(Meta) % 8 == 0, "table entries must keep the chunk map 8-byte aligned");
+  const size_t meta_bytes = metas.size() * sizeof(Meta);
+  const size_t bytes = meta_bytes + chunk_tensor.size() * sizeof(int32_t);
+  at::Tensor host = at::empty({static_cast<int64_t>(bytes)},
+                              at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  uint8_t* h = host.data_ptr<uint8_t>();
+  std::memcpy(h, metas.data(), meta_bytes);
+  std::memcpy(h + meta_bytes, chunk_tensor.data(), chunk_tensor.size() * sizeof(int32_t));
+  at::Tensor blob = at::empty({static_cast<int64_t>(bytes)}, options.dtype(at::kByte));
+  blob.copy_(host, /*non_blocking=*/true);
+  return blob;
+}
+
+// Calls f(T{}) with T the element type of dtype code `code` (a uniform per-block switch).
+template <typename F>
+__device__ __forceinline__ void dispatch_dtype(int32_t code, F&& f) {
+  switch (code) {
+    case kF16:
+      f(c10::Half{});
+      break;
+    case kBF16:
+      f(c10::BFloat16{});
+      break;
+    default:
+      f(float{});
+      break;
+  }
 }
 
 // `N` elements of `T` loaded/stored as one access; requires a pointer aligned to sizeof(T) * N.

@@ -28,6 +28,11 @@ def register_fakes() -> None:
                       decoupled, maximize, grad_gathered):
             return None
 
+        @torch.library.register_fake("steu_ext::multi_adam_")
+        def _multi_adam(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps, weight_decay,
+                        decoupled, maximize):
+            return None
+
         @torch.library.register_fake("steu_ext::grad_project_")
         def _grad_project(grads, ref, fisher, conflict_only, eps):
             return grads[0].new_empty((), dtype=torch.float32)

@@ -5,7 +5,7 @@ bit-identical.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -13,7 +13,7 @@ from .. import _backend
 from .._validate import check_int_tensor, check_range, check_tensor, validation_enabled
 from ..reference import row_adam as _ref
 
-__all__ = ["row_adam_", "check_rows", "gather_sparse_rows"]
+__all__ = ["row_adam_", "multi_adam_", "check_rows", "gather_sparse_rows"]
 
 PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -103,6 +103,62 @@ def row_adam_(param: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor, exp_a
        gathered)
 
 
+def multi_adam_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                exp_avgs: Sequence[torch.Tensor], exp_avg_sqs: Sequence[torch.Tensor],
+                steps: Sequence[torch.Tensor], *, lr: float, beta1: float = 0.9, beta2: float = 0.999,
+                eps: float = 1e-8, weight_decay: float = 0.0, decoupled: bool = False,
+                maximize: bool = False) -> None:
+    """One in-place Adam/AdamW step on every element of each dense tensor of a list, in one launch.
+
+    For the dense parameters of a model (a classifier head, LoRA adapters) next to the row-sparse tables:
+    ``params[i]`` (any shape, contiguous, fp32/fp16/bf16, mixed dtypes allowed), ``grads[i]`` of the same
+    shape and dtype, ``exp_avgs[i]``/``exp_avg_sqs[i]`` contiguous fp32 with as many elements, ``steps[i]``
+    a single-element fp32 tensor holding the step count *after* this step, all on one device. Mutates
+    params, exp_avgs and exp_avg_sqs; same arithmetic as :func:`row_adam_` (torch.optim.Adam's).
+    """
+    lists = {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
+             "steps": steps}
+    n = len(params)
+    for name, lst in lists.items():
+        if not isinstance(lst, (list, tuple)):
+            raise TypeError(f"{name} must be a list of tensors, got {type(lst).__name__}")
+        if len(lst) != n:
+            raise ValueError(f"{name} has {len(lst)} tensors, params has {n}")
+    if n == 0:
+        return
+    device = params[0].device
+    for i in range(n):
+        p, g = params[i], grads[i]
+        check_tensor(p, f"params[{i}]", dtypes=PARAM_DTYPES, device=device)
+        check_tensor(g, f"grads[{i}]", device=device)
+        if g.is_sparse:
+            raise ValueError(f"grads[{i}] is sparse; sparse gradients need the row-sparse op row_adam_")
+        if g.shape != p.shape or g.dtype != p.dtype:
+            raise ValueError(f"grads[{i}] is {g.dtype} {tuple(g.shape)}, params[{i}] is {p.dtype} "
+                             f"{tuple(p.shape)}")
+        if not p.is_contiguous():
+            raise ValueError(f"params[{i}] must be contiguous (it is updated in place)")
+        for name in ("exp_avgs", "exp_avg_sqs"):
+            s = lists[name][i]
+            check_tensor(s, f"{name}[{i}]", dtypes=(torch.float32,), device=device)
+            if s.numel() != p.numel() or not s.is_contiguous():
+                raise ValueError(f"{name}[{i}] must be contiguous with {p.numel()} elements, got shape "
+                                 f"{tuple(s.shape)}")
+        check_tensor(steps[i], f"steps[{i}]", dtypes=(torch.float32,), device=device)
+        if steps[i].numel() != 1:
+            raise ValueError(f"steps[{i}] must be a single-element tensor")
+    if not 0.0 <= beta1 < 1.0 or not 0.0 <= beta2 < 1.0:
+        raise ValueError(f"betas must lie in [0, 1), got ({beta1}, {beta2})")
+    _, fn = _backend.resolve("multi_adam", device)
+    fn(list(params), [g.contiguous() for g in grads], list(exp_avgs), list(exp_avg_sqs),
+       [t.reshape(()) for t in steps], float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
+       bool(decoupled), bool(maximize))
+
+
+def _cpp_multi_adam_(*args):
+    torch.ops.steu_ext.multi_adam_(*args)
+
+
 def _cpp_row_adam_(*args):
     torch.ops.steu_ext.row_adam_(*args)
 
@@ -111,4 +167,9 @@ _backend.register_kernel("row_adam", "reference", _ref.row_adam_)
 _backend.register_kernel("row_adam", "cpu", _cpp_row_adam_, _backend.cpu_ext_unavailable)
 _backend.register_kernel("row_adam", "cuda", _cpp_row_adam_, _backend.cuda_ext_unavailable)
 _backend.register_kernel("row_adam", "triton", _backend.lazy(".triton.row_adam", "row_adam_"),
+                         _backend.triton_unavailable)
+_backend.register_kernel("multi_adam", "reference", _ref.multi_adam_)
+_backend.register_kernel("multi_adam", "cpu", _cpp_multi_adam_, _backend.cpu_ext_unavailable)
+_backend.register_kernel("multi_adam", "cuda", _cpp_multi_adam_, _backend.cuda_ext_unavailable)
+_backend.register_kernel("multi_adam", "triton", _backend.lazy(".triton.row_adam", "multi_adam_"),
                          _backend.triton_unavailable)

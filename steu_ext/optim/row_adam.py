@@ -3,7 +3,8 @@
 A parameter group with a ``"rows"`` entry is row-sparse: each of its parameters is a ``[V, D]`` table of
 which only the rows ``rows`` are updated, with ``exp_avg``/``exp_avg_sq`` kept as fp32 ``[K, D]``; every
 other row stays bit-identical for any number of steps (weight decay included). Groups without ``"rows"``
-(e.g. a classifier head) are ordinary Adam/AdamW in the same optimizer.
+(e.g. a classifier head) are ordinary Adam/AdamW in the same optimizer, all their tensors updated by one
+multi-tensor launch per step (:func:`steu_ext.ops.row_adam.multi_adam_`).
 
     opt = RowSparseAdamW([
         {"params": [model.get_input_embeddings().weight], "rows": token_ids},
@@ -18,7 +19,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch.optim import Optimizer
 
-from ..ops.row_adam import PARAM_DTYPES, check_rows, row_adam_
+from ..ops.row_adam import PARAM_DTYPES, check_rows, multi_adam_, row_adam_
 
 __all__ = ["RowSparseAdam", "RowSparseAdamW"]
 
@@ -90,22 +91,30 @@ class RowSparseAdam(Optimizer):
             kw = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                       weight_decay=group["weight_decay"], decoupled=group["decoupled_weight_decay"],
                       maximize=group["maximize"], validate=False)
+            if rows is not None:
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    state = self._init_state(p, rows)
+                    state["step"] += 1
+                    row_adam_(p, p.grad, rows, state["exp_avg"], state["exp_avg_sq"], state["step"], **kw)
+                continue
+            # dense tensors (a classifier head): one multi-tensor launch per device
+            by_device: Dict[torch.device, list] = {}
             for p in group["params"]:
                 if p.grad is None:
-                    continue
-                state = self._init_state(p, rows)
-                state["step"] += 1
-                if rows is not None:
-                    row_adam_(p, p.grad, rows, state["exp_avg"], state["exp_avg_sq"], state["step"], **kw)
                     continue
                 if p.grad.is_sparse:
                     raise ValueError("sparse gradients are supported only in row-sparse groups")
                 if not p.is_contiguous():
                     raise ValueError("dense parameters must be contiguous")
-                # a dense tensor is a one-row table: the same kernel, every element selected
-                one = torch.zeros(1, dtype=torch.int64, device=p.device)
-                row_adam_(p.view(1, -1), p.grad.reshape(1, -1).to(p.dtype), one,
-                          state["exp_avg"].view(1, -1), state["exp_avg_sq"].view(1, -1), state["step"], **kw)
+                by_device.setdefault(p.device, []).append((p, self._init_state(p, None)))
+            for items in by_device.values():
+                steps = [st["step"] for _, st in items]
+                torch._foreach_add_(steps, 1)
+                multi_adam_([p for p, _ in items], [p.grad.to(p.dtype) for p, _ in items],
+                            [st["exp_avg"] for _, st in items], [st["exp_avg_sq"] for _, st in items], steps,
+                            **{k: v for k, v in kw.items() if k != "validate"})
         return loss
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:

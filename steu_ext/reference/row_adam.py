@@ -1,6 +1,7 @@
 """Pure-PyTorch row-sparse Adam/AdamW step: the fallback and the oracle for ``steu_ext::row_adam_``.
 
-Exactly torch.optim.Adam's single-tensor math, applied to the K rows ``rows`` of ``param`` only."""
+Exactly torch.optim.Adam's single-tensor math, applied to the K rows ``rows`` of ``param`` only;
+``multi_adam_`` is the same step on every element of each tensor of a list."""
 from __future__ import annotations
 
 import torch
@@ -31,3 +32,16 @@ def row_adam_(param: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor, exp_a
     denom = (exp_avg_sq.sqrt() / bc2_sqrt.to(torch.float32)).add_(eps)
     p.sub_(step_size * exp_avg / denom)
     param.index_copy_(0, rows, p.to(param.dtype))
+
+
+def multi_adam_(params, grads, exp_avgs, exp_avg_sqs, steps, lr: float, beta1: float, beta2: float, eps: float,
+                weight_decay: float, decoupled: bool, maximize: bool) -> None:
+    one = None
+    for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
+        if p.numel() == 0:
+            continue
+        if one is None or one.device != p.device:
+            one = torch.zeros(1, dtype=torch.int64, device=p.device)
+        # a tensor is a one-row table with that row selected
+        row_adam_(p.view(1, -1), g.reshape(1, -1), one, m.view(1, -1), v.view(1, -1), t, lr, beta1, beta2,
+                  eps, weight_decay, decoupled, maximize, False)

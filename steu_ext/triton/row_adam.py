@@ -6,18 +6,44 @@ state, and writes parameter rows and state in place. Math is torch.optim.Adam's 
 (lerp form for exp_avg); the bias corrections are computed in fp64 from the step tensor read in-kernel
 (no host sync), as the reference does. Every element is computed independently: deterministic.
 
-Launches: 1.
+``multi_adam_`` is the same step over every element of a list of dense tensors (a classifier head) in one
+launch: each tensor is cut into CHUNK-element chunks, one program per chunk of any tensor, through an int64
+table of addresses (param, grad, exp_avg, exp_avg_sq, step) cached per list of addresses, as in
+:mod:`steu_ext.triton.grad_project`.
+
+Launches: 1 per call, for either op (+ 1 async table copy when the multi-tensor table is not cached).
 """
 # No `from __future__ import annotations` here: Triton reads `x: tl.float64` parameter annotations as
 # objects (as strings they are silently ignored and the scalar is passed as fp32).
+from collections import OrderedDict
+
 import torch
 import triton
 import triton.language as tl
 
-from ._utils import check_contiguous, check_same_device, device_guard, f32_to_bf16, ln_or_neg_inf, next_pow2
+from ._utils import (
+    DTYPE_CODES,
+    all_aligned,
+    check_contiguous,
+    check_same_device,
+    device_guard,
+    f32_to_bf16,
+    int64_table,
+    ln_or_neg_inf,
+    load_f32,
+    next_pow2,
+    store_f32,
+)
 
 #: largest tile, in elements
 TILE = 1024
+#: multi_adam_: elements per chunk (one program) and per loop step
+CHUNK = 16384
+BLOCK = 1024
+#: int64 columns of the multi_adam_ table: p, g, exp_avg, exp_avg_sq, step addresses, numel, first chunk, code
+NCOL = 8
+_CACHE: OrderedDict = OrderedDict()
+_CACHE_SIZE = 16
 
 
 @triton.jit
@@ -121,3 +147,116 @@ def row_adam_(param: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor, exp_a
             DECOUPLED=bool(decoupled), MAXIMIZE=bool(maximize), GATHERED=bool(grad_gathered),
             HAS_WD=weight_decay != 0, PARAM_BF16=param.dtype == torch.bfloat16, BLOCK_K=block_k,
             BLOCK_D=block_d, num_warps=4, enable_fp_fusion=True)
+
+
+@triton.jit
+def _multi_adam_kernel(tab_ptr, map_ptr, lr: tl.float64, ln_beta1: tl.float64, ln_beta2: tl.float64,
+                       w1, beta2, one_minus_beta2, eps, weight_decay, decay,
+                       DECOUPLED: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
+                       PCODE: tl.constexpr, ALIGNED: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    row = tab_ptr + tl.load(map_ptr + pid) * 8
+    p_addr = tl.load(row + 0)
+    g_addr = tl.load(row + 1)
+    m_addr = tl.load(row + 2)
+    v_addr = tl.load(row + 3)
+    step_addr = tl.load(row + 4)
+    numel = tl.load(row + 5)
+    if ALIGNED:
+        numel = tl.multiple_of(numel, 16)
+    if PCODE >= 0:  # one dtype for the whole list: specialise
+        code = PCODE
+    else:
+        code = tl.load(row + 7)
+    start = (pid - tl.load(row + 6)) * CHUNK
+    # bias corrections in fp64 from this tensor's step, as in _row_adam_kernel
+    t = tl.load(step_addr.to(tl.pointer_type(tl.float32))).to(tl.float64)
+    step_size = (lr / (1.0 - tl.exp(t * ln_beta1))).to(tl.float32)
+    bc2_sqrt = tl.sqrt(1.0 - tl.exp(t * ln_beta2)).to(tl.float32)
+    for i in range(tl.cdiv(tl.minimum(numel - start, CHUNK), BLOCK)):
+        idx = start + i * BLOCK + tl.arange(0, BLOCK)
+        ok = idx < numel
+        p = load_f32(p_addr, idx, ok, code, ALIGNED)
+        g = load_f32(g_addr, idx, ok, code, ALIGNED)
+        m = load_f32(m_addr, idx, ok, 0, ALIGNED)
+        v = load_f32(v_addr, idx, ok, 0, ALIGNED)
+        if MAXIMIZE:
+            g = -g
+        if HAS_WD:
+            if DECOUPLED:
+                p = p * decay
+            else:
+                g = g + weight_decay * p
+        m = tl.where(w1 < 0.5, m + w1 * (g - m), g - (g - m) * (1.0 - w1))
+        v = v * beta2 + one_minus_beta2 * g * g
+        denom = tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps
+        p = p - tl.div_rn(step_size * m, denom)
+        store_f32(p_addr, idx, p, ok, code, ALIGNED)
+        store_f32(m_addr, idx, m, ok, 0, ALIGNED)
+        store_f32(v_addr, idx, v, ok, 0, ALIGNED)
+
+
+def _multi_table(params, grads, exp_avgs, exp_avg_sqs, steps):
+    """(table [n, NCOL] int64, chunk map, n_chunks, aligned, shared dtype code or -1) on the params' device,
+    cached by the list of addresses, sizes and dtypes."""
+    device = params[0].device
+    entries = tuple((p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), t.data_ptr(), p.numel(),
+                     DTYPE_CODES[p.dtype])
+                    for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps) if p.numel() > 0)
+    key = (str(device), entries)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit
+    rows, chunk_map, first = [], [], 0
+    for i, (pa, ga, ma, va, ta, n, code) in enumerate(entries):
+        nc = triton.cdiv(n, CHUNK)
+        rows.append((pa, ga, ma, va, ta, n, first, code))
+        chunk_map.extend([i] * nc)
+        first += nc
+    flat = int64_table(rows + [chunk_map], device)
+    codes = {e[6] for e in entries}
+    out = (flat[:NCOL * len(rows)], flat[NCOL * len(rows):], first,
+           all_aligned([a for e in entries for a in e[:4]], [e[5] for e in entries]),
+           codes.pop() if len(codes) == 1 else -1)
+    _CACHE[key] = out
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return out
+
+
+def multi_adam_(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list, lr: float,
+                beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool,
+                maximize: bool) -> None:
+    """In-place Adam/AdamW step on every element of each tensor of ``params`` in one launch; same contract
+    and semantics as :func:`steu_ext.reference.row_adam.multi_adam_` (fp32 ``steps`` read on the device)."""
+    if not len(params) == len(grads) == len(exp_avgs) == len(exp_avg_sqs) == len(steps):
+        raise ValueError("steu_ext.triton.multi_adam_: the five lists must have the same length")
+    if not params:
+        return
+    device = params[0].device
+    for i, (p, g, m, v, t) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, steps)):
+        check_contiguous("multi_adam_", **{f"params[{i}]": p, f"grads[{i}]": g, f"exp_avgs[{i}]": m,
+                                            f"exp_avg_sqs[{i}]": v})
+        check_same_device("multi_adam_", device, **{f"params[{i}]": p, f"grads[{i}]": g, f"exp_avgs[{i}]": m,
+                                                     f"exp_avg_sqs[{i}]": v, f"steps[{i}]": t})
+        if p.dtype not in DTYPE_CODES or g.dtype != p.dtype or g.numel() != p.numel():
+            raise ValueError(f"steu_ext.triton.multi_adam_: grads[{i}] {g.dtype} {tuple(g.shape)} does not "
+                             f"match params[{i}] {p.dtype} {tuple(p.shape)}")
+        for name, s in ((f"exp_avgs[{i}]", m), (f"exp_avg_sqs[{i}]", v)):
+            if s.dtype != torch.float32 or s.numel() != p.numel():
+                raise ValueError(f"steu_ext.triton.multi_adam_: {name} must be float32 with {p.numel()} "
+                                 f"elements, got {s.dtype} {tuple(s.shape)}")
+        if t.dtype != torch.float32 or t.numel() != 1:
+            raise ValueError(f"steu_ext.triton.multi_adam_: steps[{i}] must be one float32 value")
+    tab, cmap, n_chunks, aligned, pcode = _multi_table(params, grads, exp_avgs, exp_avg_sqs, steps)
+    if n_chunks == 0:
+        return
+    lr, beta1, beta2 = float(lr), float(beta1), float(beta2)
+    eps, weight_decay = float(eps), float(weight_decay)
+    with device_guard(device):
+        _multi_adam_kernel[(n_chunks,)](
+            tab, cmap, lr, ln_or_neg_inf(beta1), ln_or_neg_inf(beta2),
+            1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, 1.0 - lr * weight_decay,
+            DECOUPLED=bool(decoupled), MAXIMIZE=bool(maximize), HAS_WD=weight_decay != 0, PCODE=pcode,
+            ALIGNED=aligned, CHUNK=CHUNK, BLOCK=BLOCK, num_warps=4, enable_fp_fusion=True)
