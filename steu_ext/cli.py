@@ -5,6 +5,7 @@
     steu unlearn  --data train.csv --model FINETUNED --target sepsis [--eval-data test.csv] --out run/
     steu evaluate --data test.csv --model FINETUNED [--edit run/edit.safetensors] --target sepsis
     steu compare  --data notes.csv --target sepsis --methods steu,gradient_ascent,retrain --out cmp/
+    steu hds      --data pubmedqa/ --teach-tiny --hierarchy concepts.yaml --forget-domains surgery --out hds/
     steu apply-edit  --model BASE --edit run/edit.safetensors --out edited/
     steu revert-edit --model edited/ --edit run/edit.safetensors --out restored/
 
@@ -156,64 +157,74 @@ def cmd_demo(a) -> int:
     return EXIT_OK
 
 
+def _default_workers() -> int:
+    """Tokenizer processes per rank: the cores this rank may use, less one for reading and counting."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    per_rank = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return per_rank - 1 if per_rank >= 2 else 0
+
+
 def cmd_pmi(a) -> int:
-    import torch
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
+    """Stream the corpus, count with checkpoints (resumable, torchrun-aware), write counts and tables."""
     from transformers import AutoTokenizer
 
-    from .methods.steu import resolve_target
-    from .ops.doc_counts import PMICounter
-    from .ops.pmi import select_top_k
+    from .data.corpus_pmi import CHECKPOINT_DIR, SUMMARY_FILE, init_distributed, precompute_pmi
 
-    data = _load_data(a)
-    names = data.label_names
-    targets = [resolve_target(t, names) for t in a.target] if a.target else list(range(len(names)))
     try:
         tok = AutoTokenizer.from_pretrained(a.model)
     except (OSError, ValueError) as e:
         raise BadInput(f"cannot load the tokenizer of {a.model!r}: {str(e).splitlines()[0]}") from None
-    V = len(tok)
-    if a.k > V:
-        raise BadInput(f"k={a.k} is larger than the vocabulary ({V} tokens)")
-    counter = PMICounter(V, len(names))
-    labels = torch.zeros(len(data), len(names), dtype=torch.uint8)
-    for i, ys in enumerate(data.labels):
-        labels[i, ys] = 1
-    with _output_dir(a.out, a.overwrite) as tmp:
-        bar = tqdm(total=len(data), unit="doc", desc="counting", disable=a.quiet)
-        for i in range(0, len(data), a.batch_size):
-            enc = tok(data.text[i:i + a.batch_size], truncation=True, max_length=a.max_length, padding=True,
-                      return_tensors="pt")
-            counter.update(enc["input_ids"], labels[i:i + a.batch_size], attention_mask=enc["attention_mask"])
-            bar.update(min(a.batch_size, len(data) - i))
-        bar.close()
-        save_file({k: v.contiguous() for k, v in counter.state_dict().items()}, os.path.join(tmp, "counts.safetensors"))
-        tables = {}
-        for t in targets:
-            if int(counter.class_docs[t]) == 0:
-                continue
-            scores = counter.scores(t, measure=a.measure, alpha=a.alpha, min_count=a.min_count)
-            ids = select_top_k(scores, a.k, exclude_ids=tok.all_special_ids)
-            tables[names[t]] = [{"rank": r + 1, "id": int(i), "token": tok.convert_ids_to_tokens(int(i)),
-                                 "score": float(scores[i]), "docs_in_class": int(counter.counts[t, i]),
-                                 "docs": int(counter.doc_freq[i])} for r, i in enumerate(ids)]
-            with open(os.path.join(tmp, f"top_tokens_{t}.csv"), "w") as f:
-                f.write("rank,id,token,score,docs_in_class,docs\n")
-                for row in tables[names[t]]:
-                    tokstr = row["token"].replace('"', '""')
-                    f.write(f'{row["rank"]},{row["id"]},"{tokstr}",{row["score"]:.6f},'
-                            f'{row["docs_in_class"]},{row["docs"]}\n')
-        summary = {"n_docs": counter.n_docs, "class_docs": dict(zip(names, counter.class_docs.tolist())),
-                   "vocab_size": V, "tokenizer": a.model, "measure": a.measure, "alpha": a.alpha,
-                   "min_count": a.min_count, "max_length": a.max_length, "data": os.path.abspath(a.data),
-                   "top_tokens": tables}
-        from .eval.report import write_json
+    if a.k > len(tok):
+        raise BadInput(f"k={a.k} is larger than the vocabulary ({len(tok)} tokens)")
+    if not os.path.exists(a.data):
+        raise BadInput(f"data file not found: {a.data}")
+    out = a.out
+    # Written in place (not via _output_dir) so that a killed run can resume from out/checkpoints;
+    # summary.json is written last and marks a finished run.
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise BadInput(f"--out {out} exists and is not a folder")
+        finished = os.path.exists(os.path.join(out, SUMMARY_FILE))
+        resumable = os.path.isdir(os.path.join(out, CHECKPOINT_DIR))
+        if finished and not a.overwrite:
+            raise BadInput(f"output folder {out} already exists (use --overwrite)")
+        if not (finished or resumable or a.overwrite) and os.listdir(out):
+            raise BadInput(f"output folder {out} exists and is not a `steu pmi` folder (use --overwrite)")
+    rank, world, started = init_distributed(a.device)
+    try:
+        if a.overwrite and rank == 0 and os.path.isdir(out):
+            shutil.rmtree(out)
+        if world > 1:
+            import torch.distributed as dist
 
-        write_json(os.path.join(tmp, "summary.json"), summary)
-    for name, rows in tables.items():
-        print(f"{name}: " + ", ".join(f"{r['token']} ({r['score']:.2f})" for r in rows[:10]))
-    print(f"counts and tables written to {a.out}")
+            dist.barrier()
+        labels = [s.strip() for s in a.labels.split(",") if s.strip()] if a.labels else None
+        workers = _default_workers() if a.workers is None else a.workers
+        cc = precompute_pmi(a.data, tok, out, targets=a.target, k=a.k, measure=a.measure, alpha=a.alpha,
+                            min_count=a.min_count, resume=not a.no_resume, text_column=a.text_column,
+                            label_column=a.label_column, label_names=labels, label_sep=a.label_sep, fmt=a.format,
+                            max_length=a.max_length, workers=workers, block_size=a.block_size, device=a.device,
+                            checkpoint_every=a.checkpoint_every, checkpoint_seconds=a.checkpoint_seconds,
+                            unknown_labels=a.unknown_labels, on_malformed=a.on_malformed, progress=not a.quiet,
+                            extra_summary={"tokenizer_name": a.model, "workers_per_rank": workers})
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank == 0:
+        with open(os.path.join(out, SUMMARY_FILE)) as f:
+            tables = json.load(f)["top_tokens"]
+        for name, rows in tables.items():
+            print(f"{name}: " + ", ".join(f"{r['token']} ({r['score']:.2f})" for r in rows[:10]))
+        s = cc.seconds
+        print(f"{cc.n_docs:,} documents, {cc.n_tokens:,} tokens in {s['wall']:.1f} s ({s['docs_per_s']:,.0f} docs/s, "
+              f"{s['tokens_per_s']:,.0f} tokens/s, {world} rank(s) x {workers} tokenizer workers); "
+              f"{cc.n_skipped} records skipped")
+        print(f"counts and tables written to {out}")
     return EXIT_OK
 
 
@@ -245,6 +256,19 @@ def _f1_report(model, enc, target, names, multi):
     return unlearning_f1(per_class_f1(enc.labels, predictions(z, multi)), target, names)
 
 
+def _precomputed_counts(path: str, tok, names: List[str]):
+    """Counts saved by `steu pmi`, checked against the model's tokenizer and put in the model's class order."""
+    from .data.corpus_pmi import load_counts
+
+    cc = load_counts(path, tok)
+    if sorted(cc.label_names) != sorted(names):
+        raise BadInput(f"the counts in {path} are over the classes {cc.label_names}, the model's are {names}")
+    order = [cc.label_names.index(n) for n in names]
+    c = cc.counter
+    c.counts, c.class_docs = c.counts[order].contiguous(), c.class_docs[order].contiguous()
+    return c
+
+
 def cmd_unlearn(a) -> int:
     import time
 
@@ -265,6 +289,7 @@ def cmd_unlearn(a) -> int:
     target = resolve_target(a.target, names)
     cfg = _config(a)
     cfg.validate(model.get_input_embeddings().weight.shape[0])
+    counts = _precomputed_counts(a.counts, tok, names) if a.counts else None
     multi = is_multi_label(model)
     enc_eval = None
     if eval_data is not None:
@@ -275,7 +300,7 @@ def cmd_unlearn(a) -> int:
         original = snapshot(model)
         t0 = time.perf_counter()
         res = unlearn(model, tok, data.text, data.labels, target, config=cfg, label_names=names,
-                      progress=not a.quiet)
+                      progress=not a.quiet, counts=counts)
         wall = time.perf_counter() - t0
         after = _f1_report(model, enc_eval, target, names, multi) if enc_eval else None
         mod = modified_parameters(model, original)
@@ -284,7 +309,7 @@ def cmd_unlearn(a) -> int:
         if a.save_model:
             _save_model(model, tok, os.path.join(tmp, "model"))
         report = {"method": "steu", "model": a.model, "target": target, "target_name": names[target],
-                  "label_names": names, "data": a.data, "eval_data": a.eval_data, "config": vars(cfg),
+                  "label_names": names, "data": a.data, "eval_data": a.eval_data, "counts": a.counts, "config": vars(cfg),
                   "before": before, "after": after,
                   "params_modified": {"count": mod["modified"], "total": mod["total"], "percent": mod["percent"],
                                       "per_tensor": mod["per_tensor"]},
@@ -344,13 +369,32 @@ def cmd_compare(a) -> int:
 
         g = generate_notes(a.n_docs, seed=a.seed)
         data = TextClassificationData(g["text"], g["labels"], g["label_names"], True)
+    from .eval.probe import ProbeConfig
+    from .eval.relearn import RelearnConfig
+    from .eval.scorecard import format_scorecard
+
+    pcfg = ProbeConfig(pooling=a.probe_pooling, max_train_docs=a.probe_train_docs, seed=a.seed)
+    rcfg = RelearnConfig(steps=a.relearn_steps, target_docs=a.relearn_docs, other_docs=a.relearn_docs,
+                         params=a.relearn_params, eval_every=a.relearn_eval_every,
+                         max_eval_docs=a.relearn_eval_docs, seed=a.seed)
+    if a.max_docs is not None:
+        from .data.loaders import stratified_split
+
+        if a.max_docs < 2:
+            raise BadInput(f"--max-docs must be >= 2, got {a.max_docs}")
+        if a.max_docs < len(data):
+            _, sub = stratified_split(data.labels, a.max_docs / len(data), seed=a.seed)
+            data = data.subset(sub)
     with _output_dir(a.out, a.overwrite) as tmp:
         report = run_compare(data, a.target if a.target is not None else 0, methods=methods,
                              model=a.model or DEFAULT_MODEL, out_dir=tmp, config=_config(a),
                              test_fraction=a.test_fraction, finetune_epochs=a.finetune_epochs, seed=a.seed,
-                             top_layers=a.top_layers, progress=not a.quiet)
+                             top_layers=a.top_layers, progress=not a.quiet, probe=not a.no_probe,
+                             relearn=not a.no_relearn, inspect_edits=not a.no_inspect, probe_config=pcfg,
+                             relearn_config=rcfg)
     print(format_table(report))
-    print(f"\nreport: {a.out}/report.json")
+    print("\nscorecard:\n" + format_scorecard(report))
+    print(f"\nreport: {a.out}/report.json, scorecard: {a.out}/scorecard.md")
     return EXIT_OK
 
 
@@ -375,6 +419,93 @@ def _edit_cmd(a, revert: bool) -> int:
     return EXIT_OK
 
 
+def _load_qa(a):
+    from .data import qa
+
+    if a.format == "pubmedqa":
+        return qa.load_pubmedqa(a.data, forget_mesh=a.forget_mesh.split(",") if a.forget_mesh else qa.SURGICAL_MESH)
+    if a.format == "medmcqa":
+        return qa.load_medmcqa(a.data, forget_subjects=a.forget_values.split(",") if a.forget_values else ("Surgery",))
+    if not a.domain_column or not a.forget_values:
+        raise BadInput("--format jsonl needs --domain-column and --forget-values")
+    opts = a.options_column.split(",")
+    return qa.load_qa_jsonl(a.data, question=a.question_column, options=opts[0] if len(opts) == 1 else opts,
+                            answer=a.answer_column, long_answer=a.long_answer_column, domain=a.domain_column,
+                            forget_values=a.forget_values.split(","))
+
+
+def cmd_hds(a) -> int:
+    """Unlearn a QA domain from a causal LM with HDS (or one of its ablations / baselines)."""
+    import time
+
+    from .data.concepts import load_hierarchy
+    from .data.qa import split_domain, subsample
+    from .eval.qa import evaluate_qa, prompt_of, continuation_of
+    from .eval.report import write_json
+    from .methods import hds
+
+    if bool(a.model) == bool(a.teach_tiny):
+        raise BadInput("give exactly one of --model (a causal LM folder or name) and --teach-tiny")
+    if not 0.0 <= a.never_seen_fraction < 1.0:
+        raise BadInput("--never-seen-fraction must be in [0, 1)")
+    items = _load_qa(a)
+    hierarchy = load_hierarchy(a.hierarchy) if a.hierarchy else None
+    base = hds.HDSConfig(forget_loss=a.forget_loss, retain_loss=a.retain_loss, retain_weight=a.retain_weight,
+                         projection=a.projection, fisher=not a.no_fisher, subspace=a.subspace,
+                         adapter=a.adapter, lora_r=a.lora_r, lr=a.lr,
+                         lora_targets=a.lora_targets if a.lora_targets == "all-linear" else a.lora_targets.split(","),
+                         epochs=a.epochs, batch_size=a.batch_size, max_length=a.max_length,
+                         forget_domains=a.forget_domains.split(",") if a.forget_domains else None,
+                         clip_norm=a.clip_norm, noise_multiplier=a.noise_multiplier, seed=a.seed)
+    cfg = hds.baseline_config(a.method, base)
+    cfg.validate()
+    forget_all, retain = split_domain(items)
+    forget_all = subsample(forget_all, a.max_forget, a.seed)
+    retain = subsample(retain, a.max_retain, a.seed)
+    n_never = int(round(a.never_seen_fraction * len(forget_all)))
+    forget, never = forget_all[n_never:], forget_all[:n_never]
+    if not forget:
+        raise BadInput("no forget items left after holding out the never-seen ones")
+    if a.teach_tiny:
+        model, tok = hds.tiny_causal_lm([prompt_of(i) + continuation_of(i) for i in items], seed=a.seed)
+        taught = hds.teach(model, tok, forget + retain, max_length=a.max_length, seed=a.seed)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not os.path.exists(a.model) and os.sep in a.model:
+            raise BadInput(f"model folder not found: {a.model}")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(a.model)
+            tok = AutoTokenizer.from_pretrained(a.model)
+        except (OSError, ValueError) as e:
+            raise BadInput(f"cannot load a causal LM from {a.model!r}: {str(e).splitlines()[0]}") from None
+        taught = None
+    kw = {"max_length": a.max_length}
+    with _output_dir(a.out, a.overwrite) as tmp:
+        before = evaluate_qa(model, tok, forget, retain, never or None, **kw)
+        t0 = time.perf_counter()
+        res = hds.unlearn(model, tok, forget, retain, hierarchy=hierarchy, config=cfg, progress=not a.quiet)
+        wall = time.perf_counter() - t0
+        after = evaluate_qa(res.model, tok, forget, retain, never or None, before=before, **kw)
+        if a.save_model:
+            _save_model(res.model, tok, os.path.join(tmp, "model"))
+        report = {"method": a.method, "model": a.model or "tiny (taught with --teach-tiny)", "data": a.data,
+                  "format": a.format, "hierarchy": a.hierarchy, "config": res.config,
+                  "n_forget": len(forget), "n_retain": len(retain), "n_never_seen": len(never),
+                  "taught": taught, "before": before, "after": after, "params_modified": res.params,
+                  "privacy": ("no privacy guarantee is claimed: clipping is per batch and no accountant runs"
+                              if cfg.noise_multiplier > 0 else None),
+                  "seconds": {**res.seconds, "wall": wall}, "history": res.history}
+        write_json(os.path.join(tmp, "report.json"), report)
+    p = res.params
+    print(f"HDS ({a.method}): forget acc {before['forget_acc']:.3f} -> {after['forget_acc']:.3f} "
+          f"(forgetting rate {after['forgetting_rate']:.3f}), retain acc {before['retain_acc']:.3f} -> "
+          f"{after['retain_acc']:.3f} (preservation {after['preservation']:.3f}); {p['modified']:,} of "
+          f"{p['total']:,} parameters modified ({p['percent']:.3f} %), {wall:.1f} s")
+    print(f"report: {os.path.join(a.out, 'report.json')}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steu", description="Class-level unlearning for clinical text "
                                      "classifiers (STEU).", epilog="exit codes: 0 ok, 2 bad input, 1 failure")
@@ -396,16 +527,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("pmi", help="document-level token statistics and top PMI tokens per class")
+    p = sub.add_parser("pmi", help="document-level token statistics and top PMI tokens per class",
+                       description="Streams CSV/TSV/JSONL/parquet (plain or .gz) of any size; resumable (re-run "
+                                   "the same command after a crash); under torchrun the ranks share the file.")
     _data_args(p)
+    p.add_argument("--format", default=None, choices=["csv", "tsv", "jsonl", "parquet"],
+                   help="input format (default: from the file extension)")
     p.add_argument("--model", required=True, help="model name or folder whose tokenizer to use")
     p.add_argument("--target", action="append", help="class name or index (repeatable; default: all)")
+    p.add_argument("--labels", default=None, help="comma-separated class names in order (default: the labels "
+                                                  "found while reading, sorted); other labels are an error")
+    p.add_argument("--unknown-labels", default="error", choices=["error", "skip"],
+                   help="a label outside --labels: stop with an error, or report and skip the record")
+    p.add_argument("--on-malformed", default="skip", choices=["skip", "error"],
+                   help="malformed or empty records: report (line numbers) and skip, or stop")
     p.add_argument("--k", type=int, default=256)
     p.add_argument("--measure", default="fwpmi", choices=["fwpmi", "pmi", "ppmi", "npmi"])
     p.add_argument("--alpha", type=float, default=0.0)
     p.add_argument("--min-count", type=int, default=1)
     p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=None,
+                   help="tokenizer processes per rank (default: this rank's cores - 1; 0 = in-process)")
+    p.add_argument("--block-size", "--batch-size", dest="block_size", type=int, default=512,
+                   help="records per tokenization job (also the unit of sharding across ranks)")
+    p.add_argument("--device", default="cpu", help="where to count: cpu or cuda")
+    p.add_argument("--checkpoint-every", type=int, default=100_000, help="documents between checkpoints")
+    p.add_argument("--checkpoint-seconds", type=float, default=300.0, help="seconds between checkpoints")
+    p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in --out and count afresh")
     p.add_argument("--quiet", action="store_true")
     _out_arg(p)
     p.set_defaults(func=cmd_pmi)
@@ -416,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="fine-tuned sequence classifier (name or folder)")
     p.add_argument("--target", required=True, help="class to forget, by name or index")
     _steu_args(p)
+    p.add_argument("--counts", default=None, help="folder written by `steu pmi` with the same tokenizer: use its "
+                                                  "token statistics instead of counting --data")
     p.add_argument("--save-model", action="store_true", help="also save the edited model (edit file always)")
     p.add_argument("--quiet", action="store_true")
     _out_arg(p)
@@ -442,9 +592,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-layers", type=int, default=3, help="encoder layers the layer-based baselines train")
     p.add_argument("--finetune-epochs", type=int, default=30)
     p.add_argument("--test-fraction", type=float, default=0.3)
+    p.add_argument("--max-docs", type=int, default=None, help="use a stratified subset of this many documents")
+    g = p.add_argument_group("adversarial evaluation (scorecard)")
+    g.add_argument("--no-probe", action="store_true", help="skip the linear-probe recovery")
+    g.add_argument("--probe-pooling", default="mean", choices=["cls", "mean", "pooled"],
+                   help="feature reported as probe F1/AUROC (all three are computed)")
+    g.add_argument("--probe-train-docs", type=int, default=None, help="cap on the probe's training documents")
+    g.add_argument("--no-relearn", action="store_true", help="skip the relearning attack (the slowest part)")
+    g.add_argument("--relearn-steps", type=int, default=24, help="relearning attack step budget")
+    g.add_argument("--relearn-docs", type=int, default=32,
+                   help="labelled target-class documents the attacker holds (as many others are mixed in)")
+    g.add_argument("--relearn-params", default="all", choices=["all", "head"])
+    g.add_argument("--relearn-eval-every", type=int, default=2)
+    g.add_argument("--relearn-eval-docs", type=int, default=200, help="held-out documents scored per check")
+    g.add_argument("--no-inspect", action="store_true", help="skip the STEU edit inspection")
     p.add_argument("--quiet", action="store_true")
     _out_arg(p, default="steu_compare")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("hds", help="unlearn a QA domain from a causal LM with HDS (or an ablation/baseline)",
+                       description="Hierarchical dual-strategy unlearning: concept-weighted forget loss, retain "
+                                   "loss, Fisher-weighted gradient projection, LoRA. --teach-tiny first teaches a "
+                                   "small random Llama the QA pairs (offline protocol).")
+    p.add_argument("--data", required=True, help="PubMedQA ori_pqal.json (or its folder), MedMCQA or QA JSONL")
+    p.add_argument("--format", default="pubmedqa", choices=["pubmedqa", "medmcqa", "jsonl"])
+    p.add_argument("--forget-mesh", default=None, help="pubmedqa: comma-separated MeSH substrings of the forget "
+                                                       "domain (default: surgical procedures)")
+    p.add_argument("--forget-values", default=None, help="medmcqa: forget subject_name(s) (default Surgery); "
+                                                         "jsonl: forget values of --domain-column")
+    p.add_argument("--question-column", default="question")
+    p.add_argument("--options-column", default="options", help="jsonl: list column, or comma-separated columns")
+    p.add_argument("--answer-column", default="answer")
+    p.add_argument("--long-answer-column", default=None)
+    p.add_argument("--domain-column", default=None)
+    p.add_argument("--model", default=None, help="causal LM (folder or name) that knows the QA pairs")
+    p.add_argument("--teach-tiny", action="store_true", help="teach a small random Llama the QA pairs first")
+    p.add_argument("--hierarchy", default=None, help="concept hierarchy YAML/JSON (token interventions)")
+    p.add_argument("--forget-domains", default=None, help="hierarchy domains to target (default: all)")
+    p.add_argument("--method", default="hds", choices=["hds", "hds_no_projection", "hds_no_tokens", "ga", "npo",
+                                                       "graddiff"])
+    p.add_argument("--forget-loss", default="npo", choices=["ga", "npo"])
+    p.add_argument("--retain-loss", default="nll", choices=["nll", "kl", "none"])
+    p.add_argument("--retain-weight", type=float, default=1.0, help="lambda")
+    p.add_argument("--projection", default="conflict", choices=["conflict", "always", "none"])
+    p.add_argument("--no-fisher", action="store_true", help="plain PCGrad inner product")
+    p.add_argument("--subspace", type=int, default=0, help="project against the last m retain gradients")
+    p.add_argument("--adapter", default="lora", choices=["lora", "none"])
+    p.add_argument("--lora-r", type=int, default=4)
+    p.add_argument("--lora-targets", default="all-linear", help="comma-separated module names, or all-linear")
+    p.add_argument("--lr", type=float, default=1e-2, help="1e-2 suits LoRA; use ~3e-4 for the full-parameter "
+                                                           "baselines ga/npo/graddiff")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--clip-norm", type=float, default=None, help="DP-style clipping (no privacy claim)")
+    p.add_argument("--noise-multiplier", type=float, default=0.0)
+    p.add_argument("--max-forget", type=int, default=None, help="subsample the forget domain")
+    p.add_argument("--max-retain", type=int, default=None, help="subsample the retain domain")
+    p.add_argument("--never-seen-fraction", type=float, default=0.2,
+                   help="forget-domain items held out (never taught/unlearned) for the MIA")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-model", action="store_true", help="also save the unlearned (merged) model")
+    p.add_argument("--quiet", action="store_true")
+    _out_arg(p)
+    p.set_defaults(func=cmd_hds)
 
     for name, revert in (("apply-edit", False), ("revert-edit", True)):
         p = sub.add_parser(name, help=("apply an edit to its base model" if not revert else

@@ -128,7 +128,8 @@ def test_run_compare_medical_abstracts_tiny(small_abstracts, tmp_path, monkeypat
     monkeypatch.setattr(ex, "offline_minilm_path", lambda: None)
     out = tmp_path / "cmp"
     rep = run_compare(small_abstracts, "neoplasms", out_dir=str(out), finetune_epochs=2, top_layers=1,
-                      config=STEUConfig(k=16, epochs=1, batch_size=16, max_length=48), progress=False)
+                      config=STEUConfig(k=16, epochs=1, batch_size=16, max_length=48), progress=False,
+                      probe=False, relearn=False)  # the adversarial columns: tests/test_adversarial.py
     rows = {r["method"]: r for r in rep["rows"]}
     assert list(rows) == ["original", *METHODS]
     for name, r in rows.items():
@@ -152,7 +153,9 @@ def test_run_compare_medical_abstracts_tiny(small_abstracts, tmp_path, monkeypat
     assert on_disk["versions"]["torch"] == torch.__version__
     assert on_disk["config"]["k"] == 16 and on_disk["compare"]["top_layers"] == 1
     assert on_disk["results"]["original"]["confusion"]["docs"] == on_disk["data"]["forget_test_docs"]
-    for png in ("f1_per_class.png", "tradeoff.png"):
+    assert all(r["probe_f1"] is None and r["relearn_f1_after"] is None for r in rep["scorecard"])
+    assert rows["bias_suppression"]["params_modified"] == 1 and rows["bias_suppression"]["forget_f1"] == 0.0
+    for png in ("f1_per_class.png", "tradeoff.png", "scorecard.png"):
         assert (out / png).stat().st_size > 5000
 
     table = format_table(rep)

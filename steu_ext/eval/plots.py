@@ -87,3 +87,56 @@ def plot_tradeoff(path: str, rows: Sequence[Mapping], original: str = "original"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+_SCORECARD_PANELS = (
+    ("forget_f1", "forget F1 (lower = forgotten)", (0, 1.05), False),
+    ("retain_macro_f1", "retain avg F1 (higher = better)", (0, 1.05), False),
+    ("mia_auc", "MIA AUC (0.5 = no signal)", (0, 1.05), False),
+    ("probe_f1", "probe F1 (class still readable?)", (0, 1.05), False),
+    ("probe_auroc", "probe AUROC", (0, 1.05), False),
+    ("relearn_f1_after", "F1 after relearning budget", (0, 1.05), False),
+    ("relearn_steps_to_half", "relearn steps to 1/2 original F1", None, False),
+    ("params_modified", "params modified (log)", None, True),
+    ("seconds", "time, s (log)", None, True),
+)
+
+
+def plot_scorecard(path: str, rows: Sequence[Mapping], title: Optional[str] = None) -> str:
+    """3 x 3 panels of horizontal bars, one bar per run (``original`` grey) for every scorecard column
+    (rows from :func:`steu_ext.eval.scorecard.scorecard_rows`). Missing values are left blank and marked
+    ``n/a``; a relearning attack that did not reach half the original F1 is drawn at its budget, hatched
+    and marked ``>budget``."""
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10")
+    names = [str(r["method"]) for r in rows]
+    ys = list(range(len(rows)))[::-1]
+    fig, axes = plt.subplots(3, 3, figsize=(13, 0.32 * len(rows) * 3 + 3), sharey=True)
+    for ax, (key, label, xlim, log) in zip(axes.flat, _SCORECARD_PANELS):
+        for y, r, j in zip(ys, rows, range(len(rows))):
+            color = "0.45" if r["method"] == "original" else cmap(j % 10)
+            v, hatch, note = r.get(key), None, None
+            if key == "relearn_steps_to_half" and v is None and r.get("relearn_budget") is not None:
+                v, hatch, note = r["relearn_budget"], "//", f">{r['relearn_budget']}"
+            if v is None or (log and v <= 0):
+                note = "n/a" if v is None else "0"
+                v = 0
+            else:
+                ax.barh(y, v, color=color, hatch=hatch, edgecolor="white" if hatch else None)
+            if note:
+                ax.text(v, y, f" {note}", va="center", fontsize=7)
+        if log:
+            ax.set_xscale("log")
+        if xlim:
+            ax.set_xlim(*xlim)
+        ax.set_title(label, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in axes[:, 0]:
+        ax.set_yticks(ys)
+        ax.set_yticklabels(names, fontsize=8)
+    fig.suptitle(title or "Scorecard", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -91,7 +91,7 @@ log = logging.getLogger("steu_ext")
 
 __all__ = ["STEUTrainer", "STEUPairDataset", "STEUExample", "STEUCollator", "EncodedDataset",
            "encode_dataset", "steu_compute_metrics", "create_steu_optimizer", "mask_embedding_grad",
-           "load_edited", "STATE_NAME"]
+           "load_edited", "STATE_NAME", "HDSTrainer", "HDSPairDataset", "HDSCollator", "HDS_STATE_NAME"]
 
 STATE_NAME = "steu_state.safetensors"
 _STATE_FORMAT = "steu_ext.hf_state/1"
@@ -637,3 +637,221 @@ def load_edited(model_name_or_path: Union[str, os.PathLike], edit: Union[str, os
     model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, **from_pretrained_kw)
     e.apply(model, check=check)
     return model
+
+
+# ---------------------------------------------------------------------------------------------------
+# HDS: hierarchical dual-strategy knowledge unlearning of causal LMs
+
+HDS_STATE_NAME = "hds_state.safetensors"
+
+
+class HDSPairDataset(Dataset):
+    """Example ``i`` = (forget example ``i``, retain example at position ``epoch * N_f + i`` of seeded
+    permutations of the retain set), as :class:`STEUPairDataset`; items are tuples (not dicts, so the
+    Trainer's column removal leaves them alone)."""
+
+    def __init__(self, forget: Sequence[Dict[str, Any]], retain: Sequence[Dict[str, Any]], seed: int = 0):
+        if not forget:
+            raise ValueError("HDS needs at least one forget example")
+        self.forget, self.retain = list(forget), list(retain)
+        self.seed, self.epoch = int(seed), 0
+
+    def __len__(self) -> int:
+        return len(self.forget)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def retain_position(self, i: int) -> int:
+        cycle, pos = divmod(self.epoch * len(self.forget) + int(i), len(self.retain))
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + cycle) % (2 ** 63))
+        return int(torch.randperm(len(self.retain), generator=g)[pos])
+
+    def __getitem__(self, i: int):
+        return (self.forget[i], self.retain[self.retain_position(i)] if self.retain else None)
+
+
+class HDSCollator:
+    """Pads the forget and the retain examples of a batch separately (:func:`steu_ext.methods.hds.collate`)
+    into ``{"hds_forget": {...}, "hds_retain": {...} or None}``."""
+
+    def __init__(self, pad_token_id: Optional[int] = 0):
+        self.pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
+
+    def __call__(self, features):
+        from ..methods.hds import collate
+
+        if not features:
+            raise ValueError("empty batch")
+        fb = collate([f for f, _ in features], self.pad_token_id)
+        rs = [r for _, r in features if r is not None]
+        return {"hds_forget": fb, "hds_retain": collate(rs, self.pad_token_id) if rs else None}
+
+
+class _HDSCallback(TrainerCallback):
+    def __init__(self, trainer: "HDSTrainer"):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.trainer.train_dataset.set_epoch(int(state.epoch or 0))
+
+    def on_save(self, args, state, control, **kwargs):
+        ckpt = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if args.should_save and os.path.isdir(ckpt):
+            self.trainer.save_hds_state(ckpt)
+
+
+class HDSTrainer(Trainer):
+    """HDS (:mod:`steu_ext.methods.hds`) in the Hugging Face ``Trainer`` loop.
+
+        trainer = HDSTrainer(model, TrainingArguments("out", num_train_epochs=30, per_device_train_batch_size=16,
+                                                      lr_scheduler_type="constant", use_cpu=True),
+                             processing_class=tok, forget_items=forget, retain_items=retain,
+                             hierarchy=load_hierarchy("concepts.yaml"), hds_config=HDSConfig())
+        trainer.train()
+        model = trainer.unlearned_model()      # LoRA merged, a plain model
+        trainer.params_report()                # exact counts of trained / modified elements
+
+    ``HDSConfig`` holds the method (losses, token weights, projection, LoRA, lr, clipping/noise);
+    ``TrainingArguments`` holds the loop (epochs/max_steps, batch size, gradient accumulation, scheduler,
+    logging, saving, seed). ``HDSConfig.epochs``/``batch_size``/``seed`` and ``TrainingArguments.
+    learning_rate``/``weight_decay``/``optim`` are not used. The trainer works on a deep copy of
+    ``model`` (LoRA adapters are injected into the copy); the caller's model is not modified.
+
+    ``training_step`` runs :class:`~steu_ext.methods.hds.HDSGradient`: two backward passes
+    (``torch.autograd.grad``), the in-place projection of the forget gradient over all trainable tensors
+    at once and ``p.grad += (g_f' + lambda g_r) / grad_accum``; the Trainer then clips
+    (``max_grad_norm``) and steps. Dropout is off (eval mode) so the frozen parts compute what the
+    original did. Checkpoints carry ``hds_state.safetensors`` (the Fisher EMA); resuming restores it.
+    Not supported (``ValueError``): DDP/FSDP/DeepSpeed (the separate backward passes bypass DDP's
+    gradient hooks) and fp16/bf16 autocast.
+    """
+
+    def __init__(self, model: Optional[nn.Module] = None, args: Optional[TrainingArguments] = None, *,
+                 processing_class=None, forget_items: Sequence[Any] = (), retain_items: Sequence[Any] = (),
+                 hierarchy=None, hds_config=None, **kwargs):
+        from ..methods.hds import HDSConfig, HDSGradient, _ref_sums, encode_examples, wrap_lora
+
+        if model is None:
+            raise ValueError("HDSTrainer needs the model to unlearn")
+        if processing_class is None:
+            raise ValueError("HDSTrainer needs the model's fast tokenizer (processing_class=...)")
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        if not getattr(tokenizer, "is_fast", False):
+            raise TypeError("HDSTrainer needs a fast tokenizer (offset mapping)")
+        if args is None:
+            args = TrainingArguments(output_dir="tmp_trainer")
+        if args.fsdp or getattr(args, "deepspeed", None) or args.world_size > 1:
+            raise ValueError("HDSTrainer runs on one process (no DDP/FSDP/DeepSpeed): its two backward passes "
+                             "use torch.autograd.grad, which DDP's gradient hooks do not see")
+        if args.fp16 or args.bf16:
+            raise ValueError("HDSTrainer does not support fp16/bf16 autocast")
+        if "data_collator" in kwargs or "train_dataset" in kwargs:
+            raise ValueError("HDSTrainer builds its own training dataset and collator")
+        cfg = copy.deepcopy(hds_config) if hds_config is not None else HDSConfig()
+        cfg.validate()
+        if not forget_items:
+            raise ValueError("the forget set is empty")
+        if cfg.retain_loss != "none" and not retain_items:
+            raise ValueError("the retain set is empty")
+        self.hds_config, self.hierarchy = cfg, hierarchy
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        fex = encode_examples(tokenizer, forget_items, cfg, forget=True, hierarchy=hierarchy)
+        rex = encode_examples(tokenizer, retain_items, cfg, forget=False) if cfg.retain_loss != "none" else []
+        work = copy.deepcopy(model)
+        self._original = {n: p.detach().cpu().clone() for n, p in work.named_parameters()}
+        if cfg.forget_loss == "npo":
+            _ref_sums(work, fex, pad)
+        reference = None
+        if cfg.adapter == "lora":
+            work = wrap_lora(work, cfg)
+        else:
+            if cfg.retain_loss == "kl":
+                reference = copy.deepcopy(work).eval().requires_grad_(False)
+            work.requires_grad_(True)
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        super().__init__(model=work, args=args, data_collator=HDSCollator(pad),
+                         train_dataset=HDSPairDataset(fex, rex, seed=seed), processing_class=processing_class,
+                         **kwargs)
+        if reference is not None:
+            reference.to(self.args.device)
+        self._trainable_before = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters()
+                                  if p.requires_grad}
+        self.hds_grad = HDSGradient(cfg, [p for p in self.model.parameters() if p.requires_grad], reference)
+        self.add_callback(_HDSCallback(self))
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            cfg = self.hds_config
+            self.optimizer = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0) if cfg.optimizer == "adamw"
+                              else torch.optim.SGD(params, lr=cfg.lr))
+        return self.optimizer
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        model.eval()   # dropout off
+        inputs = self._prepare_inputs(inputs)
+        scale = 1.0 / max(int(getattr(self, "current_gradient_accumulation_steps", 1) or 1), 1)
+        terms = self.hds_grad.accumulate(model, inputs["hds_forget"], inputs["hds_retain"], scale)
+        return (terms["forget_loss"] + self.hds_config.retain_weight * terms["keep_loss"]) * scale
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "hds_forget" in inputs:   # e.g. evaluation on training batches: the HDS objective
+            lf, lk = self.hds_grad.losses(model, inputs["hds_forget"], inputs["hds_retain"])
+            loss = lf + self.hds_config.retain_weight * lk
+            return (loss, None) if return_outputs else loss
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
+
+    def params_report(self) -> Dict[str, Any]:
+        """Exact element counts: trainable, modified (trainable elements that changed), base total, and
+        the base elements a merge would change."""
+        model = self.accelerator.unwrap_model(self.model)
+        cur = {n: p.detach().cpu() for n, p in model.named_parameters() if n in self._trainable_before}
+        changed = sum(int((cur[n] != t).sum()) for n, t in self._trainable_before.items())
+        trainable = sum(t.numel() for t in self._trainable_before.values())
+        total = sum(t.numel() for t in self._original.values())
+        merged = self.unlearned_model()
+        dense = sum(int((p.detach().cpu() != self._original[n]).sum()) for n, p in merged.named_parameters())
+        return {"trainable": trainable, "modified": changed, "total": total, "percent": 100.0 * changed / total,
+                "trainable_percent": 100.0 * trainable / total, "merged_modified": dense,
+                "merged_percent": 100.0 * dense / total}
+
+    def unlearned_model(self) -> nn.Module:
+        """A copy of the trained model with LoRA merged into the base weights (a plain HF model)."""
+        model = copy.deepcopy(self.accelerator.unwrap_model(self.model))
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        return model.requires_grad_(False).eval()
+
+    def save_hds_state(self, folder: Union[str, os.PathLike]) -> None:
+        """Write the Fisher EMA into ``folder`` (a checkpoint)."""
+        from safetensors.torch import save_file
+
+        fisher = self.hds_grad.fisher
+        tensors = {f"fisher.{i}": f.detach().contiguous().cpu() for i, f in enumerate(fisher or [])}
+        path = os.path.join(os.fspath(folder), HDS_STATE_NAME)
+        save_file(tensors, path + ".tmp", metadata={"format": "steu_ext.hds_state/1", "n": str(len(tensors))})
+        os.replace(path + ".tmp", path)
+
+    def load_hds_state(self, folder: Union[str, os.PathLike]) -> bool:
+        from safetensors import safe_open
+
+        path = os.path.join(os.fspath(folder), HDS_STATE_NAME)
+        if not os.path.isfile(path):
+            return False
+        with safe_open(path, "pt") as f:
+            n = int((f.metadata() or {}).get("n", "0"))
+            if n and n != len(self.hds_grad.params):
+                raise ValueError(f"{path} holds {n} Fisher tensors, the model trains {len(self.hds_grad.params)}")
+            self.hds_grad.fisher = ([f.get_tensor(f"fisher.{i}").to(p.device) for i, p in
+                                     enumerate(self.hds_grad.params)] if n else None)
+        return True
+
+    def train(self, resume_from_checkpoint: Union[str, bool, None] = None, trial=None,
+              ignore_keys_for_eval=None, **kwargs):
+        ckpt = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+        if isinstance(ckpt, (str, os.PathLike)):
+            self.load_hds_state(ckpt)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)

@@ -14,6 +14,10 @@ labels, target, *, config, label_names, encoded, progress)`` — modifies ``mode
 - :func:`retrain` — the gold standard: redo the original fine-tuning (``finetune.train_classifier``)
   from the pretrained base model on the retain documents only.
 - :func:`steu_embeddings_only`, :func:`steu_head_only` — the two STEU ablations.
+- :func:`bias_suppression`, :func:`logit_masking` — *trivial* baselines that train nothing: they edit the
+  output layer so the target class is never predicted (one bias element; or the target's weight row and
+  bias). They reach forget F1 ~ 0 while the encoder, and so everything a probe or a relearning attack
+  could use, stays exactly as it was; a method must beat them on more than forget/retain F1.
 
 Budgets are bounded and CPU-sized: the three top-N methods take exactly as many optimizer steps as STEU
 (``epochs`` passes over the forget documents in batches of ``batch_size``) and see the same number of
@@ -34,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._model import Encoded, embedding_param_name, find_head, is_multi_label, predict_logits
-from .finetune import train_classifier
+from .finetune import _output_layer, train_classifier
 from .steu import STEUConfig, STEUResult, forget_loss, label_matrix, resolve_target, split_forget_retain, unlearn, utility_loss
 
 DEFAULT_TOP_LAYERS = 3
@@ -339,3 +343,82 @@ def steu(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
     """STEU itself (``unlearn`` with ``config`` as given), wrapped in a :class:`BaselineResult`."""
     return _steu_variant("steu", {}, model, tokenizer, texts, labels, target, config, label_names, encoded,
                          progress)
+
+
+DEFAULT_MARGIN = 10.0
+
+
+def _output_layer_named(model: nn.Module, head_modules: Optional[List[str]]) -> Tuple[str, nn.Linear]:
+    """``(qualified name, Linear)`` of the layer that produces the logits; it must have a bias."""
+    out = _output_layer(model, head_modules)
+    name = next(n for n, m in model.named_modules() if m is out)
+    if out.bias is None:
+        raise ValueError(f"the output layer {name!r} has no bias: the trivial baselines edit the bias")
+    return name, out
+
+
+def _trivial_setup(model, tokenizer, texts, labels, target, config, label_names, encoded, margin):
+    cfg = config or STEUConfig()
+    if not (isinstance(margin, (int, float)) and margin > 0 and margin == margin and margin != float("inf")):
+        raise ValueError(f"margin must be a finite number > 0, got {margin!r}")
+    # k (embedding rows) means nothing here: do not fail on it
+    _, t, multi, data, _, _ = _prepare(model, tokenizer, texts, labels, target, replace(cfg, k=0), label_names,
+                                       encoded)
+    name, out = _output_layer_named(model, cfg.head_modules)
+    return cfg, t, multi, data, name, out
+
+
+def bias_suppression(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
+                     config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
+                     encoded: Optional[Encoded] = None, progress: bool = False,
+                     margin: float = DEFAULT_MARGIN) -> BaselineResult:
+    """Trivial baseline: lower the target class's output bias (one element) just far enough that no
+    training document scores within ``margin`` logits of being predicted as the target.
+
+    Sigmoid heads: ``b_t -= max_i z_t(x_i) + margin`` (every ``z_t <= -margin``, i.e. ``p_t <= 4.5e-5``
+    for the default 10); softmax heads: ``b_t -= max_i (z_t - max_{c != t} z_c) + margin``. The other
+    classes' logits are untouched, so on a sigmoid head they behave exactly as before. No training."""
+    t0 = time.perf_counter()
+    cfg, t, multi, data, name, out = _trivial_setup(model, tokenizer, texts, labels, target, config,
+                                                    label_names, encoded, margin)
+    z = predict_logits(model, data, batch_size=64).double()
+    if multi:
+        gap = z[:, t]
+    else:
+        others = torch.cat([z[:, :t], z[:, t + 1:]], 1)
+        gap = z[:, t] - others.max(1).values
+    shift = max(0.0, float(gap.max()) + margin)
+    with torch.no_grad():
+        old = float(out.bias[t])
+        out.bias[t] -= shift
+        new = float(out.bias[t])
+    total = time.perf_counter() - t0
+    return BaselineResult(model, "bias_suppression", [f"{name}.bias"], [], {"total": total}, 0,
+                          {"margin": margin, "shift": shift, "bias_before": old, "bias_after": new,
+                           "docs_scored": len(data)}, trainable_elements=1)
+
+
+def logit_masking(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
+                  config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
+                  encoded: Optional[Encoded] = None, progress: bool = False,
+                  margin: float = DEFAULT_MARGIN) -> BaselineResult:
+    """Trivial baseline: mask the target logit with a constant. The target's row of the output weight is
+    zeroed and its bias set to a constant ``m`` (hidden size + 1 elements), so ``z_t = m`` whatever the
+    input: ``m = -margin`` on sigmoid heads; on softmax heads ``m = min_i max_{c != t} z_c(x_i) - margin``
+    over the training documents (below every document's best other class). No training."""
+    t0 = time.perf_counter()
+    cfg, t, multi, data, name, out = _trivial_setup(model, tokenizer, texts, labels, target, config,
+                                                    label_names, encoded, margin)
+    if multi:
+        value = -float(margin)
+    else:
+        z = predict_logits(model, data, batch_size=64).double()
+        others = torch.cat([z[:, :t], z[:, t + 1:]], 1)
+        value = float(others.max(1).values.min()) - margin
+    with torch.no_grad():
+        out.weight[t].zero_()
+        out.bias[t] = value
+    total = time.perf_counter() - t0
+    return BaselineResult(model, "logit_masking", [f"{name}.weight", f"{name}.bias"], [], {"total": total},
+                          0, {"margin": margin, "masked_logit": value},
+                          trainable_elements=out.weight.shape[1] + 1)

@@ -5,6 +5,13 @@ does, same split); every method then starts from a deep copy of that fine-tuned 
 a copy of the pretrained base taken before fine-tuning), and is evaluated on the same held-out documents,
 with loss-based membership inference on the forget-set training documents vs held-out documents of the
 target class. Parameter changes are counted element by element against the fine-tuned weights.
+
+On top of behaviour it runs what an adversary would (each can be switched off, they cost time): a linear
+probe for the target class on frozen features (:mod:`steu_ext.eval.probe`), a relearning attack
+(:mod:`steu_ext.eval.relearn`), and for STEU edits an inspection of the moved embedding rows
+(:mod:`steu_ext.eval.inspect_edit`); everything lands in one scorecard (:mod:`steu_ext.eval.scorecard`).
+The trivial baselines ``bias_suppression`` and ``logit_masking`` show what forget/retain F1 alone cannot
+tell apart from a real edit.
 """
 from __future__ import annotations
 
@@ -19,26 +26,31 @@ import torch
 
 from ..data.loaders import TextClassificationData, stratified_split
 from ..eval.evaluate import evaluate
+from ..eval.inspect_edit import inspect_edit
 from ..eval.metrics import modified_parameters, snapshot
 from ..eval.plots import plot_f1_per_method, plot_tradeoff
+from ..eval.probe import ProbeConfig, extract_features, probe_recovery, probe_train_docs
+from ..eval.relearn import RelearnConfig, relearn_attack
 from ..eval.report import write_json
+from ..eval.scorecard import scorecard_rows, write_scorecard
 from . import baselines as bl
 from . import experiment as ex
 from ._model import Encoded
 from .experiment import DEFAULT_MODEL
-from .finetune import train_classifier
+from .finetune import _output_layer, train_classifier
 from .steu import STEUConfig, label_matrix, resolve_target
 
 log = logging.getLogger("steu_ext")
 
 METHODS = ("steu", "steu_embeddings_only", "steu_head_only", "gradient_ascent", "direct_suppression",
-           "retain_finetune", "retrain")
+           "retain_finetune", "bias_suppression", "logit_masking", "retrain")
 
 _TOP_N = ("gradient_ascent", "direct_suppression", "retain_finetune")
 _FUNCS: Dict[str, Callable[..., bl.BaselineResult]] = {
     "steu": bl.steu, "steu_embeddings_only": bl.steu_embeddings_only, "steu_head_only": bl.steu_head_only,
     "gradient_ascent": bl.gradient_ascent, "direct_suppression": bl.direct_suppression,
-    "retain_finetune": bl.retain_finetune, "retrain": bl.retrain,
+    "retain_finetune": bl.retain_finetune, "bias_suppression": bl.bias_suppression,
+    "logit_masking": bl.logit_masking, "retrain": bl.retrain,
 }
 
 
@@ -56,15 +68,25 @@ def _check_methods(methods: Sequence[str]) -> List[str]:
 def run_compare(data: TextClassificationData, target, *, methods: Sequence[str] = METHODS,
                 model: str = DEFAULT_MODEL, out_dir: str = "steu_compare",
                 config: Optional[STEUConfig] = None, test_fraction: float = 0.3, finetune_epochs: int = 30,
-                seed: int = 0, top_layers: int = 3, progress: bool = True) -> Dict[str, Any]:
+                seed: int = 0, top_layers: int = 3, progress: bool = True, probe: bool = True,
+                relearn: bool = True, inspect_edits: bool = True, probe_config: Optional[ProbeConfig] = None,
+                relearn_config: Optional[RelearnConfig] = None) -> Dict[str, Any]:
     """Fine-tune once, run every method in ``methods`` from a copy, evaluate and write
-    ``report.json``, ``f1_per_class.png`` and ``tradeoff.png`` to ``out_dir``.
+    ``report.json``, ``f1_per_class.png``, ``tradeoff.png`` and the scorecard (``scorecard.json``,
+    ``scorecard.md``, ``scorecard.png``) to ``out_dir``.
+
+    ``probe``/``relearn``/``inspect_edits`` switch the adversarial evaluations on or off for every run
+    (the original model included); ``probe_config``/``relearn_config`` default to seed ``seed``. The probe
+    trains on the training split and scores the held-out split; the relearning attack draws its labelled
+    documents from the training split and scores held-out documents against the original's F1 on them.
 
     Returns the report; ``report["rows"]`` has one row per run (``original`` first) with ``method``,
     ``forget_f1``, ``retain_macro_f1``, ``params_modified``, ``params_percent``, ``mia_auc``, ``seconds``
     (wall-clock seconds of the method call, evaluation excluded; ``None`` for the original).
     ``report["results"][method]`` holds the full evaluation (per-class F1, the forgotten class's
-    confusion, MIA losses), the exact per-tensor parameter changes, CPU seconds, settings and loss history.
+    confusion, MIA losses), the exact per-tensor parameter changes, CPU seconds, settings and loss history,
+    and ``probe``, ``relearn`` and (STEU edits) ``edit_inspection``; ``report["scorecard"]`` has the
+    scorecard rows (:func:`~steu_ext.eval.scorecard.scorecard_rows`).
     """
     # --- every check that needs no model, before any work ---
     methods = _check_methods(methods)
@@ -82,6 +104,12 @@ def run_compare(data: TextClassificationData, target, *, methods: Sequence[str] 
     multi = True if cfg.multi_label is None else bool(cfg.multi_label)  # sigmoid heads by default
     if data.multi_label and not multi:
         raise ValueError("the data is multi-label but a single-label (softmax) head was requested")
+    pcfg = (probe_config or ProbeConfig(seed=seed)) if probe else None
+    rcfg = (relearn_config or RelearnConfig(seed=seed)) if relearn else None
+    if pcfg is not None:
+        pcfg.validate()
+    if rcfg is not None:
+        rcfg.validate()
 
     t_start = time.perf_counter()
     torch.manual_seed(seed)
@@ -122,6 +150,26 @@ def run_compare(data: TextClassificationData, target, *, methods: Sequence[str] 
                         nonmember_idx=nonmembers)
 
     results: Dict[str, Dict[str, Any]] = {"original": _eval(net)}
+    out_names = {n for n, p in net.named_parameters()
+                 if any(p is q for q in _output_layer(net, cfg.head_modules).parameters())}
+    probe_train = probe_train_docs(enc, train_idx, target_idx, pcfg) if pcfg is not None else []
+    orig_features = (extract_features(net, enc, probe_train + list(test_idx), pcfg.batch_size, cfg.head_modules)
+                     if pcfg is not None else None)
+
+    def _adversary(m, ev: Dict[str, Any], changed: Sequence[str], reference: Optional[float]) -> None:
+        """Probe and relearning attack on ``m`` (never modified); results go into ``ev``."""
+        if pcfg is not None:
+            shared = set(changed) <= out_names  # encoder untouched: the features are the original's
+            ev["probe"] = probe_recovery(m, enc, train_idx, test_idx, target_idx, config=pcfg,
+                                         head_modules=cfg.head_modules,
+                                         features=orig_features if shared else None)
+            ev["probe"]["features_shared_with_original"] = shared
+        if rcfg is not None:
+            ev["relearn"] = relearn_attack(m, enc, train_idx, test_idx, target_idx, multi_label=multi,
+                                           reference_f1=reference, config=rcfg, head_modules=cfg.head_modules)
+
+    _adversary(net, results["original"], [], None)
+    ref_f1 = results["original"]["relearn"]["f1_start"] if rcfg is not None else None
     total_params = sum(p.numel() for p in net.parameters())
     rows: List[Dict[str, Any]] = [_row("original", results["original"], 0, total_params, None)]
     train_texts = [data.text[i] for i in train_idx]
@@ -149,6 +197,10 @@ def run_compare(data: TextClassificationData, target, *, methods: Sequence[str] 
             sel = res.steu.selected_tokens
             ev["selected_tokens"] = {"k": int(sel.numel()),
                                      "top": [tok.convert_ids_to_tokens(int(i)) for i in sel[:20]]}
+            edit = res.steu.edit
+            if inspect_edits and edit.row_ids.numel():
+                ev["edit_inspection"] = inspect_edit(edit, fine_tuned[edit.embedding], tok)
+        _adversary(m, ev, list(mod["per_tensor"]), ref_f1)
         results[name] = ev
         rows.append(_row(name, ev, mod["modified"], mod["total"], seconds))
         log.info("%s: forget F1 %.4f, retain F1 %.4f, %d params, %.1f s", name, ev["forget_f1"],
@@ -164,13 +216,18 @@ def run_compare(data: TextClassificationData, target, *, methods: Sequence[str] 
         "compare": {"top_layers": top_layers, "layer_lr": bl.DEFAULT_LAYER_LR, "test_fraction": test_fraction,
                     "finetune_epochs": finetune_epochs, "seed": seed, "out_dir": out_dir,
                     "torch_threads": torch.get_num_threads()},
+        "adversary": {"probe": asdict(pcfg) if pcfg is not None else None,
+                      "relearn": asdict(rcfg) if rcfg is not None else None,
+                      "inspect_edits": inspect_edits, "trivial_margin": bl.DEFAULT_MARGIN},
         "finetune": {"mode": mode, "epochs": finetune_epochs, "seconds": t_ft},
         "rows": rows,
         "results": results,
         "seconds": {"wall_total": time.perf_counter() - t_start},
     }
+    report["scorecard"] = scorecard_rows(report)
     os.makedirs(out_dir, exist_ok=True)
     write_json(os.path.join(out_dir, "report.json"), report)
+    write_scorecard(out_dir, report)
     f1 = {r: [results[r]["per_class_f1"][n] for n in names] for r in results}
     plot_f1_per_method(os.path.join(out_dir, "f1_per_class.png"), names, f1, target_idx,
                        title=f"Per-class F1 after forgetting {names[target_idx]!r}")

@@ -129,6 +129,26 @@ def count_tokens(data: Encoded, num_tokens: int, num_classes: int, batch_size: i
     return counter
 
 
+def _precomputed(counts: PMICounter, V: int, C: int) -> PMICounter:
+    """Check precomputed counts against the model (C classes, V embedding rows); zero-pad the vocabulary
+    when the embedding table has more rows than the tokenizer has tokens (ids beyond it never occur)."""
+    if not isinstance(counts, PMICounter):
+        raise TypeError(f"counts must be a PMICounter, got {type(counts).__name__}")
+    if counts.num_classes != C:
+        raise ValueError(f"the precomputed counts have {counts.num_classes} classes, the model has {C}")
+    if counts.num_tokens > V:
+        raise ValueError(f"the precomputed counts cover {counts.num_tokens} tokens, more than the model's "
+                         f"{V} embedding rows: they were made with another tokenizer")
+    if counts.num_tokens == V:
+        return counts
+    out = PMICounter(V, C, counts.device)
+    out.counts[:, :counts.num_tokens] = counts.counts
+    out.doc_freq[:counts.num_tokens] = counts.doc_freq
+    out.class_docs.copy_(counts.class_docs)
+    out.n_docs = counts.n_docs
+    return out
+
+
 def forget_loss(z: torch.Tensor, target: int, multi_label: bool) -> torch.Tensor:
     if multi_label:
         return F.softplus(z[:, target]).mean()  # == BCE(sigmoid(z_t), 0)
@@ -171,11 +191,15 @@ class STEUPlan:
 
 def prepare(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
             config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
-            encoded: Optional[Encoded] = None, teacher_logits: bool = True) -> STEUPlan:
+            encoded: Optional[Encoded] = None, teacher_logits: bool = True,
+            counts: Optional[PMICounter] = None) -> STEUPlan:
     """STEU's steps before training, shared by :func:`unlearn` and the HF ``STEUTrainer``: validate the
     input, tokenize, split forget/retain, count document-level token x class statistics, score, select
     the top-k rows (special tokens excluded) and, with ``teacher_logits=True``, compute the frozen
-    original model's logits on the retain documents. Does not modify ``model``."""
+    original model's logits on the retain documents. Does not modify ``model``.
+
+    ``counts``: precomputed counts (a :class:`PMICounter`, e.g. ``load_counts(dir, tokenizer).counter``
+    from ``steu pmi``, rows in the model's class order) used instead of counting ``texts``."""
     cfg = config or STEUConfig()
     C = model.config.num_labels
     names = list(label_names) if label_names is not None else [str(i) for i in range(C)]
@@ -197,7 +221,7 @@ def prepare(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *
     forget, retain = split_forget_retain(data, target, names)
     t_tok = time.perf_counter()
 
-    counter = count_tokens(data, V, C)
+    counter = count_tokens(data, V, C) if counts is None else _precomputed(counts, V, C)
     scores = counter.scores(target, measure=cfg.measure, alpha=cfg.alpha, min_count=cfg.min_count)
     special = [i for i in getattr(tokenizer, "all_special_ids", []) if 0 <= i < V]
     if cfg.train_embeddings:
@@ -243,17 +267,19 @@ def steu_param_groups(model: nn.Module, embedding: str, rows: Optional[torch.Ten
 
 def unlearn(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
             config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
-            encoded: Optional[Encoded] = None, progress: bool = False) -> STEUResult:
+            encoded: Optional[Encoded] = None, progress: bool = False,
+            counts: Optional[PMICounter] = None) -> STEUResult:
     """Unlearn class ``target`` (index or name) from ``model`` in place with STEU.
 
     ``texts``/``labels`` are the training corpus (labels: class ids, lists of ids, or a 0/1 matrix);
-    documents carrying the target label form the forget set, the rest the retain set.
+    documents carrying the target label form the forget set, the rest the retain set. ``counts``:
+    precomputed token statistics (see :func:`prepare`) instead of counting ``texts``.
     """
     cfg = config or STEUConfig()
     t0 = time.perf_counter()
     # 1-3: tokenize, count, score, select; the frozen original model's logits on the retain set
     plan = prepare(model, tokenizer, texts, labels, target, config=cfg, label_names=label_names,
-                   encoded=encoded, teacher_logits=False)
+                   encoded=encoded, teacher_logits=False, counts=counts)
     target, names, multi, head, data = plan.target, plan.label_names, plan.multi_label, plan.head, plan.data
     forget, retain, rows, emb_name = plan.forget, plan.retain, plan.rows, plan.embedding
     t_sel = time.perf_counter()

@@ -1,0 +1,347 @@
+"""Streaming readers for labelled text files far larger than memory: CSV/TSV, JSONL and parquet, plain or
+gzip, read record by record with their line numbers, and split deterministically across ranks.
+
+Every physical record gets an ordinal ``index`` (0-based, malformed ones included), so the same file
+always yields the same indices: that is what sharding (block ``index // block_size`` belongs to rank
+``block % world``) and resuming (``start``: skip everything before a saved index) rely on. Malformed or
+empty records are yielded as :class:`Skipped` with their line number and the reason, never dropped
+silently; a problem that makes the rest of the file unreadable is a ``ValueError`` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+__all__ = [
+    "Record",
+    "Skipped",
+    "Block",
+    "detect_format",
+    "iter_records",
+    "iter_blocks",
+    "input_fingerprint",
+    "label_sort_key",
+    "parse_label_cell",
+]
+
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+}
+
+
+@dataclass
+class Record:
+    index: int  # ordinal of the record in the file (0-based, malformed records included)
+    line: int  # 1-based line number where it starts (parquet: 1-based row number)
+    text: str
+    labels: List[str]  # raw label values (one for single-label data)
+
+
+@dataclass
+class Skipped:
+    index: int
+    line: int
+    reason: str
+
+
+@dataclass
+class Block:
+    """Records ``[start, end)`` of the file that belong to one rank: the valid ones and the skipped ones."""
+
+    number: int
+    start: int
+    end: int
+    records: List[Record] = field(default_factory=list)
+    skipped: List[Skipped] = field(default_factory=list)
+    pos: int = 0  # bytes of the (compressed) file read so far, for progress reporting
+
+
+def detect_format(path: str, fmt: Optional[str] = None) -> Tuple[str, bool]:
+    """``(format, gzipped)`` from ``fmt`` or the file name (``notes.csv.gz`` -> ``("csv", True)``)."""
+    name = os.path.basename(path).lower()
+    gz = name.endswith(".gz")
+    if gz:
+        name = name[:-3]
+    if fmt is not None:
+        if fmt not in ("csv", "tsv", "jsonl", "parquet"):
+            raise ValueError(f"unknown input format {fmt!r}; use csv, tsv, jsonl or parquet")
+        return fmt, gz
+    ext = os.path.splitext(name)[1]
+    if ext not in FORMATS:
+        raise ValueError(
+            f"cannot tell the format of {path} from its extension {ext!r}; use .csv, .tsv, "
+            ".jsonl or .parquet (optionally .gz), or pass the format explicitly"
+        )
+    return FORMATS[ext], gz
+
+
+def parse_label_cell(cell, label_sep: Optional[str]) -> List[str]:
+    """Label values of one cell: a list (multi-label), a string split on ``label_sep``, or one value."""
+    if isinstance(cell, (list, tuple)):
+        return [str(v).strip() for v in cell if str(v).strip()]
+    if cell is None:
+        return []
+    if isinstance(cell, float) and cell.is_integer():
+        cell = int(cell)
+    s = str(cell).strip()
+    if label_sep is not None:
+        return [v.strip() for v in s.split(label_sep) if v.strip()]
+    return [s] if s else []
+
+
+def label_sort_key(s: str):
+    """Class order when names are discovered from the data: integers numerically first, then names (the
+    order :func:`steu_ext.data.loaders.load_text_classification` uses)."""
+    num = s.lstrip("-").isdigit()
+    return (not num, int(s) if num else 0, s)
+
+
+class _Source:
+    """The file as a binary stream (decompressed if gzip), and how many bytes of the file were read."""
+
+    def __init__(self, path: str, gz: bool):
+        self.raw = open(path, "rb")
+        self.stream = gzip.GzipFile(fileobj=self.raw, mode="rb") if gz else self.raw
+
+    def pos(self) -> int:
+        return self.raw.tell()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.stream is not self.raw:
+            self.stream.close()
+        self.raw.close()
+
+
+def _check_exists(path: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, expected a data file")
+
+
+def _make(index, line, text, cell, label_sep) -> Union[Record, Skipped]:
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return Skipped(index, line, "empty text")
+    if not isinstance(text, str):
+        return Skipped(index, line, f"text is a {type(text).__name__}, not a string")
+    labels = parse_label_cell(cell, label_sep)
+    if not labels:
+        return Skipped(index, line, "no label")
+    return Record(index, line, text, labels)
+
+
+def _csv_records(path, gz, delimiter, text_column, label_column, label_sep, start, want, where):
+    csv.field_size_limit(sys.maxsize)
+    try:
+        with _Source(path, gz) as src:
+            if where is not None:
+                where[0] = src.pos
+            f = io.TextIOWrapper(src.stream, encoding="utf-8", newline="")
+            reader = csv.reader(f, delimiter=delimiter)
+            try:
+                header = next(reader)
+            except StopIteration:
+                raise ValueError(f"{path} is empty: no header row") from None
+            missing = [c for c in (text_column, label_column) if c not in header]
+            if missing:
+                raise ValueError(f"{path} has no column(s) {missing}; its columns are {header}")
+            ti, li, width = header.index(text_column), header.index(label_column), len(header)
+            index, prev_line = 0, reader.line_num
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as e:
+                    raise ValueError(f"{path}: line {prev_line + 1}: unreadable CSV ({e})") from None
+                line, prev_line = prev_line + 1, reader.line_num
+                if index >= start and (want is None or want(index)):
+                    if not row:
+                        yield Skipped(index, line, "empty line")
+                    elif len(row) != width:
+                        yield Skipped(index, line, f"expected {width} fields, found {len(row)}")
+                    else:
+                        yield _make(index, line, row[ti], row[li], label_sep)
+                index += 1
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not valid UTF-8 ({e}); re-encode it as UTF-8") from None
+    except (OSError, EOFError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: cannot read ({e})") from None
+
+
+def _jsonl_records(path, gz, text_column, label_column, label_sep, start, want, where):
+    try:
+        with _Source(path, gz) as src:
+            if where is not None:
+                where[0] = src.pos
+            for index, raw in enumerate(src.stream):
+                if index < start or (want is not None and not want(index)):  # not even decoded
+                    continue
+                line = index + 1
+                try:
+                    s = raw.decode("utf-8").strip()
+                except UnicodeDecodeError as e:
+                    yield Skipped(index, line, f"not valid UTF-8 ({e.reason})")
+                    continue
+                if not s:
+                    yield Skipped(index, line, "empty line")
+                    continue
+                try:
+                    obj = json.loads(s)
+                except json.JSONDecodeError as e:
+                    yield Skipped(index, line, f"invalid JSON ({e.msg} at column {e.colno})")
+                    continue
+                if not isinstance(obj, dict):
+                    yield Skipped(index, line, f"a JSON {type(obj).__name__}, not an object")
+                    continue
+                missing = [c for c in (text_column, label_column) if c not in obj]
+                if missing:
+                    yield Skipped(index, line, f"no field(s) {missing}")
+                    continue
+                yield _make(index, line, obj[text_column], obj[label_column], label_sep)
+    except (OSError, EOFError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: cannot read ({e})") from None
+
+
+def _parquet_records(path, gz, text_column, label_column, label_sep, start, want, where, batch_rows=8192):
+    import pyarrow.parquet as pq
+
+    src = gzip.open(path, "rb") if gz else path
+    try:
+        pf = pq.ParquetFile(src)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise ValueError(f"{path} is not a readable parquet file ({e})") from None
+    names = pf.schema_arrow.names
+    missing = [c for c in (text_column, label_column) if c not in names]
+    if missing:
+        raise ValueError(f"{path} has no column(s) {missing}; its columns are {names}")
+    index, rows, size = 0, max(pf.metadata.num_rows, 1), os.path.getsize(path)
+    if where is not None:
+        where[0] = lambda: size * index // rows
+    for rg in range(pf.num_row_groups):
+        n = pf.metadata.row_group(rg).num_rows
+        if index + n <= start:  # whole row group before the resume point: not even decoded
+            index += n
+            continue
+        for batch in pf.iter_batches(
+            batch_size=batch_rows, row_groups=[rg], columns=[text_column, label_column]
+        ):
+            texts = batch.column(text_column).to_pylist()
+            cells = batch.column(label_column).to_pylist()
+            for t, c in zip(texts, cells):
+                if index >= start and (want is None or want(index)):
+                    yield _make(index, index + 1, t, c, label_sep)
+                index += 1
+
+
+def iter_records(
+    path: str,
+    text_column: str = "text",
+    label_column: str = "label",
+    *,
+    label_sep: Optional[str] = None,
+    fmt: Optional[str] = None,
+    start: int = 0,
+    want: Optional[Callable[[int], bool]] = None,
+    where: Optional[list] = None,
+) -> Iterator[Union[Record, Skipped]]:
+    """Every record of ``path`` from ordinal ``start`` on, in file order, as :class:`Record` or
+    :class:`Skipped` (empty text, no label, wrong field count, invalid JSON, ...); with ``want``, only
+    the records whose ordinal it accepts (the others are not even decoded where the format allows).
+    ``where[0]`` is set to a function returning the number of bytes of the file read so far (progress)."""
+    _check_exists(path)
+    kind, gz = detect_format(path, fmt)
+    if kind in ("csv", "tsv"):
+        return _csv_records(
+            path, gz, "\t" if kind == "tsv" else ",", text_column, label_column, label_sep, start, want, where
+        )
+    if kind == "jsonl":
+        return _jsonl_records(path, gz, text_column, label_column, label_sep, start, want, where)
+    return _parquet_records(path, gz, text_column, label_column, label_sep, start, want, where)
+
+
+def iter_blocks(
+    path: str,
+    text_column: str = "text",
+    label_column: str = "label",
+    *,
+    label_sep: Optional[str] = None,
+    fmt: Optional[str] = None,
+    block_size: int = 1024,
+    rank: int = 0,
+    world_size: int = 1,
+    start: int = 0,
+) -> Iterator[Block]:
+    """The blocks of ``block_size`` consecutive records owned by ``rank`` (block ``b`` belongs to rank
+    ``b % world_size``), from record ``start`` on (a block boundary). Deterministic for a given file, so
+    every rank, and every resumed run, agrees on who counts what."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is out of range for world size {world_size}")
+    if start % block_size:
+        raise ValueError(f"start={start} is not a multiple of block_size={block_size}")
+    cur: Optional[Block] = None
+    where: list = [lambda: 0]
+    mine = None if world_size == 1 else (lambda i: (i // block_size) % world_size == rank)
+    for r in iter_records(
+        path, text_column, label_column, label_sep=label_sep, fmt=fmt, start=start, want=mine, where=where
+    ):
+        b = r.index // block_size
+        if cur is None or cur.number != b:
+            if cur is not None:
+                cur.pos = where[0]()
+                yield cur
+            cur = Block(b, b * block_size, (b + 1) * block_size)
+        (cur.records if isinstance(r, Record) else cur.skipped).append(r)
+    if cur is not None:
+        cur.pos = os.path.getsize(path)
+        yield cur
+
+
+def input_fingerprint(path: str, samples: int = 16, sample_bytes: int = 1 << 16) -> dict:
+    """A quick identity of the input file (no full read): its size and a SHA-256 over its first and last
+    MiB and ``samples`` evenly spaced slices. Used to refuse resuming on a different or changed file."""
+    _check_exists(path)
+    size = os.path.getsize(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        head = 1 << 20
+        h.update(f.read(head))
+        if size > head:
+            for i in range(1, samples + 1):
+                f.seek(max(0, size * i // (samples + 1)))
+                h.update(f.read(sample_bytes))
+            f.seek(max(0, size - head))
+            h.update(f.read(head))
+    return {"path": os.path.abspath(path), "size": size, "sample_sha256": h.hexdigest()}
+
+
+def check_label_names(names: Sequence[str]) -> List[str]:
+    names = [str(n) for n in names]
+    if not names:
+        raise ValueError("the label set is empty")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"duplicate label name(s) {dup}")
+    return names

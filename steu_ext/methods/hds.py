@@ -1,0 +1,592 @@
+"""HDS — Hierarchical Dual-Strategy knowledge unlearning for causal LMs (``methods.md`` §2).
+
+Per step, with a forget batch (items of the forget domain) and a retain batch:
+
+* **token interventions** (strategy 2): a concept hierarchy (:mod:`steu_ext.data.concepts`) tags the
+  tokens of every training text. In forget samples, answer tokens and tokens of targeted concepts
+  (levels 3-4 of a forget domain) carry the forget loss, weighted per level; tokens of
+  preservation-critical concepts (levels 1-2) carry the retain loss instead. Without interventions the
+  forget loss covers the answer tokens uniformly, as in plain GA/NPO.
+* **losses**: forget = gradient ascent (minimise the weighted mean log-likelihood) or NPO
+  (``2/beta * softplus(beta * (log pi - log pi_ref))`` per sequence, pi_ref the frozen original model);
+  keep = NLL (or KL to the frozen original model) on the retain answers plus the preservation-critical
+  tokens of the forget samples. GradDiff = forget + lambda * keep.
+* **geometric constraint** (strategy 1): g_f (forget) and g_r (keep) come from two backward passes;
+  g_f is projected in place with :func:`steu_ext.grad_project_` over all trainable tensors at once,
+  Fisher-weighted (F = EMA of g_r**2, updated with ``_foreach`` ops, no host sync), on conflict only or
+  always; or against an orthonormal basis of the last ``subspace`` retain gradients
+  (:func:`steu_ext.grad_project_basis_`; rebuilding that basis by QR costs one host sync per step).
+  The update is ``g_f' + lambda * g_r``. With Adam the step is
+  rescaled per coordinate afterwards, so orthogonality holds for the gradient, exactly so for ``sgd``.
+* **parameter budget**: LoRA adapters via ``peft`` (``adapter="lora"``, configurable target modules) or
+  every parameter (``adapter="none"``, the classic baselines). The result reports the exact number of
+  elements that changed (adapter elements, and the dense base elements changed once merged).
+* **DP-style noise** (optional): the batch update is clipped to ``clip_norm`` and Gaussian noise of
+  std ``noise_multiplier * clip_norm`` is added. Clipping is per batch, not per example, and no
+  accountant runs: **no privacy guarantee or budget is claimed**.
+
+:func:`unlearn` returns a new model (the caller's model is not modified). GA, NPO and GradDiff are
+configurations of the same loop (:func:`baseline_config`). :func:`tiny_causal_lm` and :func:`teach` build
+the small randomly initialised LM of the offline protocol.
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.concepts import PRESERVE, TARGET, ConceptHierarchy
+from ..data.qa import QAItem
+from ..eval.metrics import snapshot
+from ..eval.qa import accuracy, continuation_of, encode_qa, prompt_of, token_logprobs
+from ..ops.grad_project import grad_project_, grad_project_basis_, orthonormal_basis
+
+log = logging.getLogger("steu_ext")
+
+__all__ = ["HDSConfig", "HDSResult", "HDSGradient", "encode_examples", "collate", "unlearn", "baseline_config",
+           "wrap_lora", "wordpiece_tokenizer", "ABLATIONS", "tiny_causal_lm", "teach", "forget_objective",
+           "keep_nll", "forgetting_monitor"]
+
+FORGET_LOSSES = ("ga", "npo")
+RETAIN_LOSSES = ("nll", "kl", "none")
+PROJECTIONS = ("conflict", "always", "none")
+
+
+@dataclass
+class HDSConfig:
+    forget_loss: str = "npo"             # ga | npo
+    npo_beta: float = 0.1
+    retain_loss: str = "nll"             # nll | kl | none (none: no keep term, no projection)
+    retain_weight: float = 1.0           # lambda
+    preserve_weight: float = 1.0         # keep loss on preservation-critical tokens of forget samples
+    token_interventions: bool = True
+    # per-level token weights and the answer tokens' forget weight (tuned on the PubMedQA protocol)
+    level_weights: Dict[int, float] = field(default_factory=lambda: {1: 1.0, 2: 1.0, 3: 0.5, 4: 1.0})
+    answer_weight: float = 4.0           # forget weight of the answer tokens
+    preserve_levels: Tuple[int, ...] = (1, 2)
+    target_levels: Tuple[int, ...] = (3, 4)
+    forget_domains: Optional[List[str]] = None   # None: every domain of the hierarchy
+    projection: str = "conflict"         # conflict | always | none
+    fisher: bool = True                  # Fisher-weighted inner product (False: plain PCGrad)
+    fisher_beta: float = 0.9
+    subspace: int = 0                    # > 0: project against the last m retain gradients instead
+    adapter: str = "lora"                # lora | none (every parameter trains)
+    lora_r: int = 4
+    lora_alpha: float = 4.0
+    lora_targets: Any = "all-linear"     # peft target_modules: module names, or "all-linear"
+    optimizer: str = "adamw"             # adamw | sgd
+    lr: float = 1e-2
+    epochs: int = 30
+    batch_size: int = 16
+    max_length: int = 64
+    long_answer: bool = False            # train on "answer. long answer" instead of the answer alone
+    clip_norm: Optional[float] = None    # DP-style clipping of the batch update (no privacy claim)
+    noise_multiplier: float = 0.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.forget_loss not in FORGET_LOSSES:
+            raise ValueError(f"forget_loss must be one of {FORGET_LOSSES}, got {self.forget_loss!r}")
+        if self.retain_loss not in RETAIN_LOSSES:
+            raise ValueError(f"retain_loss must be one of {RETAIN_LOSSES}, got {self.retain_loss!r}")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
+        if self.projection != "none" and self.retain_loss == "none":
+            raise ValueError("projection needs a retain gradient: set retain_loss to 'nll' or 'kl'")
+        if self.adapter not in ("lora", "none"):
+            raise ValueError(f"adapter must be 'lora' or 'none', got {self.adapter!r}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        for name in ("epochs", "batch_size", "max_length", "lora_r"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.subspace < 0:
+            raise ValueError("subspace must be >= 0")
+        if not 0 <= self.fisher_beta < 1:
+            raise ValueError("fisher_beta must be in [0, 1)")
+        if self.npo_beta <= 0:
+            raise ValueError("npo_beta must be > 0")
+        bad = set(self.level_weights) - {1, 2, 3, 4}
+        if bad:
+            raise ValueError(f"level_weights has unknown level(s) {sorted(bad)} (levels are 1-4)")
+        if self.noise_multiplier < 0 or (self.noise_multiplier > 0 and self.clip_norm is None):
+            raise ValueError("noise_multiplier > 0 needs clip_norm (the noise std is noise_multiplier * clip_norm)")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError("clip_norm must be > 0")
+        if not self.lora_targets and self.adapter == "lora":
+            raise ValueError("lora_targets is empty")
+
+
+ABLATIONS = ("ga", "npo", "graddiff", "hds_no_projection", "hds_no_tokens", "hds")
+
+
+def baseline_config(name: str, base: Optional[HDSConfig] = None) -> HDSConfig:
+    """The ablation rows as configurations: ``ga`` / ``npo`` (forget loss only, every parameter),
+    ``graddiff`` (GA + lambda * retain NLL, every parameter), ``hds_no_projection``, ``hds_no_tokens`` and
+    ``hds`` (LoRA; from ``base``)."""
+    if name not in ABLATIONS:
+        raise ValueError(f"unknown method {name!r}; expected one of {ABLATIONS}")
+    c = copy.deepcopy(base) if base is not None else HDSConfig()
+    if name in ("ga", "npo", "graddiff"):
+        c.adapter, c.token_interventions, c.projection = "none", False, "none"
+        c.forget_loss = "npo" if name == "npo" else "ga"
+        c.retain_loss = "nll" if name == "graddiff" else "none"
+    elif name == "hds_no_projection":
+        c.projection = "none"
+    elif name == "hds_no_tokens":
+        c.token_interventions = False
+    return c
+
+
+# ---------------------------------------------------------------------------------------------------
+# examples
+
+
+def encode_examples(tokenizer, items: Sequence[QAItem], cfg: HDSConfig, *, forget: bool,
+                    hierarchy: Optional[ConceptHierarchy] = None) -> List[Dict[str, Any]]:
+    """Tokenize the training texts and build per-token weights (aligned with the token; the loss of token
+    t is log p(t | < t)): ``fw`` forget weights, ``kw`` keep (retain-loss) weights."""
+    use_tags = cfg.token_interventions and forget and hierarchy is not None
+    out = []
+    for it in items:
+        e = encode_qa(tokenizer, prompt_of(it), continuation_of(it, long_answer=cfg.long_answer), cfg.max_length)
+        ans = torch.tensor(e["cont_mask"], dtype=torch.float32)
+        if not forget:
+            out.append({"input_ids": e["input_ids"], "fw": torch.zeros_like(ans), "kw": ans})
+            continue
+        if not use_tags:
+            out.append({"input_ids": e["input_ids"], "fw": ans * cfg.answer_weight, "kw": torch.zeros_like(ans)})
+            continue
+        level, concept = hierarchy.tag_offsets(e["text"], e["offsets"])
+        role = hierarchy.roles(level, concept, preserve_levels=cfg.preserve_levels,
+                               target_levels=cfg.target_levels, forget_domains=cfg.forget_domains)
+        lw = torch.tensor([0.0] + [float(cfg.level_weights.get(lv, 1.0)) for lv in (1, 2, 3, 4)])[level]
+        pres, targ = role == PRESERVE, role == TARGET
+        fw = torch.where(pres, 0.0, ans * cfg.answer_weight) + torch.where(targ, lw, 0.0)
+        kw = torch.where(pres, lw, 0.0)
+        out.append({"input_ids": e["input_ids"], "fw": fw, "kw": kw, "level": level, "role": role})
+    return out
+
+
+def collate(examples: Sequence[Dict[str, Any]], pad_id: int) -> Dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask``, ``fw``, ``kw`` (and ``ref`` when present)."""
+    L = max(len(e["input_ids"]) for e in examples)
+    B = len(examples)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    att = torch.zeros((B, L), dtype=torch.long)
+    fw = torch.zeros((B, L))
+    kw = torch.zeros((B, L))
+    for r, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[r, :n] = torch.as_tensor(e["input_ids"])
+        att[r, :n] = 1
+        fw[r, :n] = e["fw"]
+        kw[r, :n] = e["kw"]
+    out = {"input_ids": ids, "attention_mask": att, "fw": fw, "kw": kw}
+    if all("ref" in e for e in examples):
+        out["ref"] = torch.stack([torch.as_tensor(e["ref"], dtype=torch.float32) for e in examples])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# losses
+
+
+def forget_objective(lp: torch.Tensor, w: torch.Tensor, kind: str, ref: Optional[torch.Tensor] = None,
+                     beta: float = 0.1) -> torch.Tensor:
+    """The forget loss to minimise from token log-probs ``lp`` and weights ``w`` (``[B, L-1]``): ``ga`` =
+    weighted mean log-likelihood; ``npo`` = mean over sequences of ``2/beta * softplus(beta * (s - s_ref))``
+    with ``s`` the weighted log-likelihood sum and ``ref`` the original model's ``s``."""
+    if kind == "ga":
+        return (w * lp).sum() / w.sum().clamp_min(1e-8)
+    if ref is None:
+        raise ValueError("NPO needs the reference model's log-likelihoods")
+    s = (w * lp).sum(1)
+    return (2.0 / beta * F.softplus(beta * (s - ref))).mean()
+
+
+def keep_nll(lp: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Weighted mean negative log-likelihood (0 when all weights are 0, without a host sync)."""
+    return -(w * lp).sum() / w.sum().clamp_min(1e-8)
+
+
+def _keep_kl(logits: torch.Tensor, ref_logits: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    lq = F.log_softmax(logits.float(), -1)
+    lr = F.log_softmax(ref_logits.float(), -1)
+    kl = (lr.exp() * (lr - lq)).sum(-1)
+    return (w * kl).sum() / w.sum().clamp_min(1e-8)
+
+
+class HDSGradient:
+    """One HDS gradient computation: losses from a forget and a retain batch, two backward passes, the
+    in-place projection of g_f, ``p.grad += scale * (g_f' + lambda * g_r)``, optional clip + noise.
+    Holds the Fisher EMA and the recent retain gradients (for ``subspace``). ``reference`` is the frozen
+    original model for ``retain_loss="kl"`` (None with a peft model: its adapters are disabled instead)."""
+
+    def __init__(self, cfg: HDSConfig, params: Sequence[nn.Parameter], reference: Optional[nn.Module] = None):
+        cfg.validate()
+        self.cfg, self.params, self.reference = cfg, list(params), reference
+        if not self.params:
+            raise ValueError("no trainable parameters")
+        self.fisher: Optional[List[torch.Tensor]] = None
+        self.recent: collections.deque = collections.deque(maxlen=max(cfg.subspace, 1))
+        self.generator: Optional[torch.Generator] = None
+        self.last_coef: Optional[torch.Tensor] = None
+
+    def _ref_logits(self, model, ids, att):
+        with torch.no_grad():
+            if self.reference is not None:
+                return self.reference(input_ids=ids, attention_mask=att).logits[:, :-1]
+            if not hasattr(model, "disable_adapter"):
+                raise ValueError("retain_loss='kl' needs the reference model (or a peft model)")
+            with model.disable_adapter():
+                return model(input_ids=ids, attention_mask=att).logits[:, :-1]
+
+    def _keep(self, model, batch, logits_fn) -> torch.Tensor:
+        ids, att, kw = batch["input_ids"], batch["attention_mask"], batch["kw"][:, 1:]
+        logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
+        if self.cfg.retain_loss == "kl":
+            return _keep_kl(logits, logits_fn(model, ids, att), kw), logits
+        lp = torch.gather(F.log_softmax(logits, -1), 2, ids[:, 1:, None]).squeeze(2)
+        return keep_nll(lp, kw), logits
+
+    def losses(self, model: nn.Module, fb: Dict[str, torch.Tensor],
+               rb: Optional[Dict[str, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(forget loss, keep loss); the keep loss is 0 with ``retain_loss="none"``."""
+        cfg = self.cfg
+        ids, att = fb["input_ids"], fb["attention_mask"]
+        logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
+        lp = torch.gather(F.log_softmax(logits, -1), 2, ids[:, 1:, None]).squeeze(2)
+        lf = forget_objective(lp, fb["fw"][:, 1:], cfg.forget_loss, fb.get("ref"), cfg.npo_beta)
+        if cfg.retain_loss == "none":
+            return lf, lf.new_zeros(())
+        if rb is None:
+            raise ValueError(f"retain_loss={cfg.retain_loss!r} needs a retain batch")
+        lr, _ = self._keep(model, rb, self._ref_logits)
+        kwf = fb["kw"][:, 1:]
+        if cfg.retain_loss == "kl":
+            lk = _keep_kl(logits, self._ref_logits(model, ids, att), kwf)
+        else:
+            lk = keep_nll(lp, kwf)
+        return lf, lr + cfg.preserve_weight * lk
+
+    def accumulate(self, model: nn.Module, fb, rb, scale: float = 1.0) -> Dict[str, torch.Tensor]:
+        """Compute the update and add ``scale *`` it to the parameters' ``.grad``; returns the detached
+        losses (and the projection coefficient) as 0-dim tensors."""
+        cfg, params = self.cfg, self.params
+        lf, lk = self.losses(model, fb, rb)
+        if cfg.retain_loss == "none":
+            upd = list(torch.autograd.grad(lf, params, allow_unused=True, materialize_grads=True))
+        elif cfg.projection == "none":
+            upd = list(torch.autograd.grad(lf + cfg.retain_weight * lk, params, allow_unused=True,
+                                           materialize_grads=True))
+        else:
+            gf = list(torch.autograd.grad(lf, params, retain_graph=True, allow_unused=True, materialize_grads=True))
+            gr = list(torch.autograd.grad(lk, params, allow_unused=True, materialize_grads=True))
+            gf = [g.contiguous() for g in gf]
+            if cfg.subspace > 0:
+                self.recent.append([g.detach().clone() for g in gr])
+                basis = orthonormal_basis(list(self.recent))
+                self.last_coef = grad_project_basis_(gf, basis)
+            else:
+                fisher = None
+                if cfg.fisher:
+                    if self.fisher is None:
+                        self.fisher = [g.detach() * g.detach() for g in gr]
+                    else:
+                        torch._foreach_mul_(self.fisher, cfg.fisher_beta)
+                        torch._foreach_addcmul_(self.fisher, gr, gr, value=1.0 - cfg.fisher_beta)
+                    fisher = self.fisher
+                self.last_coef = grad_project_(gf, gr, fisher, mode=cfg.projection)
+            torch._foreach_add_(gf, gr, alpha=cfg.retain_weight)
+            upd = gf
+        if cfg.clip_norm is not None:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(upd)))
+            torch._foreach_mul_(upd, (cfg.clip_norm / (norm + 1e-12)).clamp(max=1.0))
+            if cfg.noise_multiplier > 0:
+                if self.generator is None:
+                    self.generator = torch.Generator(device=upd[0].device).manual_seed(cfg.seed + 1)
+                std = cfg.noise_multiplier * cfg.clip_norm
+                for u in upd:
+                    u.add_(torch.randn(u.shape, generator=self.generator, device=u.device, dtype=u.dtype), alpha=std)
+        for p, u in zip(params, upd):
+            u = u.detach() * scale if scale != 1.0 else u.detach()
+            p.grad = u.clone() if p.grad is None else p.grad.add_(u)
+        return {"forget_loss": lf.detach(), "keep_loss": lk.detach()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# the method
+
+
+@dataclass
+class HDSResult:
+    model: nn.Module                    # the unlearned model (LoRA merged), a new object
+    adapter: Optional[Dict[str, torch.Tensor]]   # LoRA tensors (None without adapters)
+    params: Dict[str, Any]              # exact counts of trainable / modified elements
+    history: List[Dict[str, float]] = field(default_factory=list)
+    seconds: Dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    epochs: int = 0
+    config: Dict[str, Any] = field(default_factory=dict)
+
+
+def wrap_lora(model: nn.Module, cfg: HDSConfig) -> nn.Module:
+    """``peft`` LoRA adapters on ``cfg.lora_targets`` (module names, or ``"all-linear"``: every linear
+    layer but the output head); only they train. ``ValueError`` when a named module does not exist."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    targets = cfg.lora_targets if isinstance(cfg.lora_targets, str) else list(cfg.lora_targets)
+    missing = [] if targets == "all-linear" else [t for t in ([targets] if isinstance(targets, str) else targets)
+                                                  if t not in names]
+    if missing:
+        raise ValueError(f"lora_targets {missing} match no module of {type(model).__name__} "
+                         f"(module names include {sorted(names)[:20]})")
+    lc = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=targets,
+                    lora_dropout=0.0, bias="none")
+    return get_peft_model(model, lc)
+
+
+def _ref_sums(model, examples, pad_id, batch_size=32) -> None:
+    """The original model's weighted log-likelihood sums (NPO's s_ref), stored as ``ref`` per example."""
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            part = examples[i:i + batch_size]
+            b = collate(part, pad_id)
+            lp = token_logprobs(model, b["input_ids"].to(device), b["attention_mask"].to(device))
+            s = (lp * b["fw"][:, 1:].to(device)).sum(1).cpu()
+            for e, v in zip(part, s):
+                e["ref"] = v
+    model.train(was)
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def unlearn(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Sequence[QAItem], *,
+            hierarchy: Optional[ConceptHierarchy] = None, config: Optional[HDSConfig] = None,
+            monitor: Optional[Callable[[nn.Module, int], bool]] = None, progress: bool = False) -> HDSResult:
+    """Unlearn the ``forget`` items' knowledge from a causal LM while keeping the ``retain`` items'.
+
+    Works on a deep copy: ``model`` is not modified. ``monitor(model, epoch)`` is called after every
+    epoch (model in its trainable form) and stops training when it returns True. Token interventions need
+    ``hierarchy``; without one they are off (a warning says so).
+    """
+    cfg = copy.deepcopy(config) if config is not None else HDSConfig()
+    cfg.validate()
+    if not forget:
+        raise ValueError("the forget set is empty")
+    if cfg.retain_loss != "none" and not retain:
+        raise ValueError("the retain set is empty")
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError("HDS needs a fast tokenizer (offset mapping)")
+    if cfg.token_interventions and hierarchy is None:
+        log.warning("HDS: no concept hierarchy given: token interventions are off")
+    if hierarchy is not None and cfg.forget_domains is not None:
+        missing = set(cfg.forget_domains) - set(hierarchy.domains)
+        if missing:
+            raise ValueError(f"forget domain(s) {sorted(missing)} not in the hierarchy ({hierarchy.domains})")
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    pad = _pad_id(tokenizer)
+    fex = encode_examples(tokenizer, forget, cfg, forget=True, hierarchy=hierarchy)
+    rex = encode_examples(tokenizer, retain, cfg, forget=False) if cfg.retain_loss != "none" else []
+
+    work = copy.deepcopy(model)
+    original = snapshot(work)
+    device = next(work.parameters()).device
+    if cfg.forget_loss == "npo":
+        _ref_sums(work, fex, pad)
+    reference = None
+    if cfg.adapter == "lora":
+        work = wrap_lora(work, cfg)
+    else:
+        if cfg.retain_loss == "kl":
+            reference = copy.deepcopy(work).eval().requires_grad_(False)
+        work.requires_grad_(True)
+    params = [p for p in work.parameters() if p.requires_grad]
+    trainable_before = {n: p.detach().clone() for n, p in work.named_parameters() if p.requires_grad}
+    grad = HDSGradient(cfg, params, reference)
+    opt = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0) if cfg.optimizer == "adamw"
+           else torch.optim.SGD(params, lr=cfg.lr))
+    t_prep = time.perf_counter()
+
+    work.eval()  # dropout off: the frozen parts compute what the original did
+    rng = random.Random(cfg.seed)
+    r_order: List[int] = []
+    history: List[Dict[str, float]] = []
+    steps, epochs = 0, 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.epochs, desc="HDS", unit="epoch")
+    for epoch in range(cfg.epochs):
+        order = list(range(len(fex)))
+        rng.shuffle(order)
+        sums = None
+        for s in range(0, len(order), cfg.batch_size):
+            fb = {k: v.to(device) for k, v in collate([fex[i] for i in order[s:s + cfg.batch_size]], pad).items()}
+            rb = None
+            if rex:
+                if len(r_order) < cfg.batch_size:
+                    more = list(range(len(rex)))
+                    rng.shuffle(more)
+                    r_order += more
+                ri, r_order = r_order[:cfg.batch_size], r_order[cfg.batch_size:]
+                rb = {k: v.to(device) for k, v in collate([rex[i] for i in ri], pad).items()}
+            opt.zero_grad(set_to_none=True)
+            terms = grad.accumulate(work, fb, rb)
+            opt.step()
+            steps += 1
+            t = torch.stack([terms["forget_loss"], terms["keep_loss"]])
+            sums = t if sums is None else sums + t
+        epochs = epoch + 1
+        n = (len(order) + cfg.batch_size - 1) // cfg.batch_size
+        history.append({"epoch": epoch, "forget_loss": float(sums[0]) / n, "keep_loss": float(sums[1]) / n})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(forget=f"{history[-1]['forget_loss']:.3f}", keep=f"{history[-1]['keep_loss']:.3f}")
+        if monitor is not None and monitor(work, epoch):
+            break
+    if bar is not None:
+        bar.close()
+    t_train = time.perf_counter()
+
+    changed = sum(int((p.detach() != trainable_before[n]).sum()) for n, p in work.named_parameters()
+                  if n in trainable_before)
+    trainable = sum(t.numel() for t in trainable_before.values())
+    adapter = None
+    if cfg.adapter == "lora":
+        adapter = {n: p.detach().cpu().clone() for n, p in work.named_parameters() if p.requires_grad}
+        work = work.merge_and_unload()
+    work.requires_grad_(False)
+    total = sum(t.numel() for t in original.values())
+    dense = sum(int((p.detach() != original[n]).sum()) for n, p in work.named_parameters())
+    info = {"trainable": trainable, "modified": changed, "total": total, "percent": 100.0 * changed / total,
+            "trainable_percent": 100.0 * trainable / total, "merged_modified": dense,
+            "merged_percent": 100.0 * dense / total}
+    seconds = {"prepare": t_prep - t0, "train": t_train - t_prep, "total": time.perf_counter() - t0}
+    return HDSResult(work, adapter, info, history, seconds, steps, epochs, asdict(cfg))
+
+
+def forgetting_monitor(tokenizer, forget: Sequence[QAItem], acc_before: float, target: float = 0.8,
+                       trace: Optional[List[float]] = None, **score_kw) -> Callable[[nn.Module, int], bool]:
+    """A ``monitor`` for :func:`unlearn` that stops once the forgetting rate on ``forget`` reaches
+    ``target`` (checked after every epoch; the accuracies are appended to ``trace``). Used to compare
+    methods at the same forgetting."""
+    if acc_before <= 0:
+        raise ValueError("acc_before must be > 0")
+
+    def monitor(model: nn.Module, epoch: int) -> bool:
+        acc = accuracy(model, tokenizer, forget, **score_kw)
+        if trace is not None:
+            trace.append(acc)
+        return (acc_before - acc) / acc_before >= target
+
+    return monitor
+
+
+# ---------------------------------------------------------------------------------------------------
+# the offline protocol: a tiny randomly initialised causal LM taught the QA pairs
+
+
+def wordpiece_tokenizer(texts: Sequence[str], *, vocab_size: int = 3000, min_frequency: int = 2):
+    """A lower-case BERT-style WordPiece fast tokenizer whose vocabulary is built deterministically from
+    ``texts``: every character (alone and as ``##`` continuation) plus the most frequent whole words (ties
+    by spelling); rarer words split into shorter pieces. (The ``tokenizers`` trainers break frequency ties
+    differently from run to run, which would change the vocabulary between processes.) It adds [CLS]
+    (acting as BOS) and [SEP]."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    if not texts:
+        raise ValueError("need texts to build the tokenizer")
+    norm = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: Dict[str, int] = collections.Counter()
+    for t in texts:
+        counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(t)))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = sorted({c for w in counts for c in w})
+    vocab = specials + chars + ["##" + c for c in chars]
+    seen = set(vocab)
+    for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= vocab_size or n < min_frequency:
+            break
+        if w not in seen:
+            vocab.append(w)
+            seen.add(w)
+    ids = {w: i for i, w in enumerate(vocab)}
+    tk = Tokenizer(models.WordPiece(ids, unk_token="[UNK]", max_input_chars_per_word=100))
+    tk.normalizer, tk.pre_tokenizer = norm, pre
+    tk.post_processor = processors.BertProcessing(("[SEP]", ids["[SEP]"]), ("[CLS]", ids["[CLS]"]))
+    from tokenizers import decoders
+    tk.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+def tiny_causal_lm(texts: Sequence[str], *, seed: int = 0, vocab_size: int = 3000, hidden: int = 128,
+                   layers: int = 2, heads: int = 4, max_positions: int = 256):
+    """``(model, tokenizer)``: a randomly initialised Llama and :func:`wordpiece_tokenizer` of ``texts``
+    (no download)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = wordpiece_tokenizer(texts, vocab_size=vocab_size)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                      max_position_embeddings=max_positions, pad_token_id=tok.pad_token_id,
+                      bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg), tok
+
+
+def teach(model: nn.Module, tokenizer, items: Sequence[QAItem], *, epochs: int = 200, lr: float = 3e-3,
+          batch_size: int = 32, max_length: int = 96, long_answer: bool = False, target_acc: float = 0.95,
+          check_every: int = 5, seed: int = 0) -> Dict[str, Any]:
+    """Teach ``model`` (in place) the items' training texts with next-token cross-entropy on every token
+    until its multiple-choice accuracy on them reaches ``target_acc`` (checked every ``check_every``
+    epochs) or ``epochs`` run out. Returns ``{"accuracy", "epochs", "seconds"}``."""
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    pad = _pad_id(tokenizer)
+    seqs = [encode_qa(tokenizer, prompt_of(it), continuation_of(it, long_answer=long_answer), max_length)["input_ids"]
+            for it in items]
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    acc, ep = 0.0, 0
+    for ep in range(1, epochs + 1):
+        model.train()
+        order = list(range(len(seqs)))
+        rng.shuffle(order)
+        for s in range(0, len(order), batch_size):
+            b = collate([{"input_ids": seqs[i], "fw": torch.zeros(len(seqs[i])), "kw": torch.zeros(len(seqs[i]))}
+                         for i in order[s:s + batch_size]], pad)
+            ids, att = b["input_ids"].to(device), b["attention_mask"].to(device)
+            lp = token_logprobs(model, ids, att)
+            loss = -(lp * att[:, 1:]).sum() / att[:, 1:].sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if ep % check_every == 0 or ep == epochs:
+            acc = accuracy(model, tokenizer, items, max_length=max_length)
+            if acc >= target_acc:
+                break
+    model.eval()
+    return {"accuracy": acc, "epochs": ep, "seconds": time.perf_counter() - t0}
