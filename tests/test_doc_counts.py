@@ -409,3 +409,22 @@ def test_mismatched_lengths():
     with pytest.raises(ValueError, match="either attention_mask or lengths, not both"):
         doc_counts(ids, labels, num_tokens=5, num_classes=2, attention_mask=torch.ones(2, 3),
                    lengths=torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("device,backend", [p for p in BACKENDS if p.values[1] == "cpu"])
+def test_cpu_kernel_many_workers_equals_reference(device, backend, force_backend):
+    """A batch big enough for the C++ kernel to split it over several workers (>= 2 x 256 Ki token slots,
+    ragged lengths, multi-label): the merged per-worker counts equal the reference exactly."""
+    ids, labels, kw = sample_inputs(2048, 300, 3000, 6, pad="lengths", multi=True, device=device,
+                                    garbage=False)
+    force_backend("doc_counts", "reference")
+    ref = doc_counts(ids, labels, num_tokens=3000, **kw)
+    _use(force_backend, device, backend)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        got = doc_counts(ids, labels, num_tokens=3000, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(got.counts, ref.counts) and torch.equal(got.doc_freq, ref.doc_freq)
+    assert int(got.doc_freq.sum()) > 0

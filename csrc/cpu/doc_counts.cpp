@@ -37,7 +37,11 @@ void doc_counts_kernel(const int64_t* ids_p, const bool* mask_p, const uint8_t* 
   // core may be busy with something else). Each worker owns its buffers, allocated on first use.
   const int64_t block = 64;
   const int64_t nblocks = (B + block - 1) / block;
-  const int64_t nworkers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nblocks / 4));
+  // A worker costs a zeroed [C + 1, V] buffer and its merge, and a parallel region costs a wake-up of
+  // every thread (slow on a busy machine): one more worker per 256 Ki token slots, at most one per 4 blocks.
+  const int64_t by_work = std::max<int64_t>(1, (B * L) >> 18);
+  const int64_t nworkers =
+      std::max<int64_t>(1, std::min({static_cast<int64_t>(at::get_num_threads()), nblocks / 4, by_work}));
   std::vector<std::unique_ptr<ThreadBuffers<cnt_t>>> bufs(nworkers);
   std::atomic<int64_t> next_block{0};
   std::atomic<bool> out_of_range{false};
