@@ -165,8 +165,8 @@ def test_npo_and_kl_losses_at_the_original_model(tiny):
         ref = None if adapter == "lora" else copy.deepcopy(model).requires_grad_(False)
         g = hds.HDSGradient(cfg, [p for p in work.parameters() if p.requires_grad], ref)
         lf, lk = g.losses(work.eval(), fb, rb)
-        assert float(lf) == pytest.approx(2 / 0.5 * torch.log(torch.tensor(2.0)).item(), rel=1e-4)
-        assert abs(float(lk)) < 1e-6
+        assert float(lf.detach()) == pytest.approx(2 / 0.5 * torch.log(torch.tensor(2.0)).item(), rel=1e-4)
+        assert abs(float(lk.detach())) < 1e-6
         g.accumulate(work, fb, rb)
         assert any(float(p.grad.abs().sum()) > 0 for p in g.params)
 
@@ -265,13 +265,14 @@ def test_cli_hds(tmp_path):
     out = tmp_path / "run"
     base = ["hds", "--data", str(data), "--format", "jsonl", "--domain-column", "domain", "--forget-values", "surgery",
             "--hierarchy", str(h), "--forget-domains", "surgery", "--epochs", "2", "--lora-r", "2", "--quiet"]
-    assert main(base + ["--teach-tiny", "--out", str(out)]) == 0
+    assert main(base + ["--teach-tiny", "--stop-at-forgetting", "0.99", "--out", str(out)]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["n_forget"] + rep["n_never_seen"] == 6 and rep["n_retain"] == 6
     assert {"forgetting_rate", "forgetting_rate_chance_corrected", "preservation", "mia_auc"} <= set(rep["after"])
     assert rep["params_modified"]["modified"] > 0 and rep["config"]["forget_domains"] == ["surgery"]
     # bad input: exit 2 with one line, no output folder left behind
     assert main(base + ["--out", str(tmp_path / "x")]) == 2                      # neither --model nor --teach-tiny
+    assert main(base + ["--teach-tiny", "--stop-at-forgetting", "2", "--out", str(tmp_path / "x")]) == 2
     assert main(base[:2] + [str(tmp_path / "missing.jsonl")] + base[3:] + ["--teach-tiny", "--out",
                                                                           str(tmp_path / "y")]) == 2
     bad = tmp_path / "bad.yaml"

@@ -93,7 +93,8 @@ def load_pubmedqa(path: Union[str, os.PathLike], forget_mesh: Sequence[str] = SU
         items.append(QAItem(
             id=str(pid), question=r["QUESTION"].strip(), options=PUBMEDQA_OPTIONS,
             answer=PUBMEDQA_OPTIONS.index(dec), forget=any(p in m.lower() for m in meshes for p in pats),
-            long_answer=(r.get("LONG_ANSWER") or None), context=" ".join(ctx) if isinstance(ctx, list) else ctx,
+            long_answer=(r.get("LONG_ANSWER") or None),
+            context=" ".join(ctx) if isinstance(ctx, list) else ctx,
             tags=tuple(meshes), meta={"year": r.get("YEAR")}))
     return _check_items(items, path)
 
@@ -159,13 +160,14 @@ def load_medmcqa(path: Union[str, os.PathLike], forget_subjects: Sequence[str] =
         elif 4 in cops:
             cop_base = 1
         else:
-            raise ValueError(f"{path}: cannot tell whether cop is 0-based or 1-based (values {sorted(cops)}); "
-                             "pass cop_base=0 or 1")
+            raise ValueError(f"{path}: cannot tell whether cop is 0-based or 1-based "
+                             f"(values {sorted(cops)}); pass cop_base=0 or 1")
     items = []
     for n, r in enumerate(recs, 1):
         a = r["_cop"] - cop_base
         if not 0 <= a < 4:
-            raise ValueError(f"{path}: record {n}: cop {r['cop']!r} out of range for {cop_base}-based indices")
+            raise ValueError(f"{path}: record {n}: cop {r['cop']!r} out of range for "
+                             f"{cop_base}-based indices")
         subj = str(r.get("subject_name") or "")
         items.append(QAItem(
             id=str(r.get("id", n)), question=str(r["question"]).strip(),
@@ -176,8 +178,9 @@ def load_medmcqa(path: Union[str, os.PathLike], forget_subjects: Sequence[str] =
     return _check_items(items, path)
 
 
-def load_qa_jsonl(path: Union[str, os.PathLike], *, question: str = "question", options: Union[str, Sequence[str]] = "options",
-                  answer: str = "answer", long_answer: Optional[str] = None, domain: Optional[str] = None,
+def load_qa_jsonl(path: Union[str, os.PathLike], *, question: str = "question",
+                  options: Union[str, Sequence[str]] = "options", answer: str = "answer",
+                  long_answer: Optional[str] = None, domain: Optional[str] = None,
                   forget_values: Iterable[str] = (), id_column: Optional[str] = None) -> List[QAItem]:
     """Generic QA JSONL. ``options``: one column holding a list, or a list of columns (one per option).
     ``answer``: the right option as an index, a letter (A, B, ...) or the option's text. Records whose
@@ -212,7 +215,8 @@ def load_qa_jsonl(path: Union[str, os.PathLike], *, question: str = "question", 
         elif isinstance(a, str) and len(a.strip()) == 1 and a.strip().isalpha():
             idx = ord(a.strip().upper()) - ord("A")
         else:
-            raise ValueError(f"{where}: answer {a!r} is not an index, letter or one of the options {list(opts)}")
+            raise ValueError(f"{where}: answer {a!r} is not an index, letter or one of the options "
+                             f"{list(opts)}")
         if not 0 <= idx < len(opts):
             raise ValueError(f"{where}: answer {a!r} out of range for {len(opts)} options")
         if not str(r[question]).strip():

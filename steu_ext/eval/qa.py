@@ -27,8 +27,8 @@ from ..data.qa import QAItem
 from .mia import auc
 
 __all__ = ["prompt_of", "continuation_of", "encode_qa", "continuation_logprobs", "choice_scores", "accuracy",
-           "long_answer_nll", "sequence_nll", "forgetting_rate", "chance_corrected_forgetting", "preservation",
-           "mia_auc", "evaluate_qa"]
+           "long_answer_nll", "sequence_nll", "forgetting_rate", "chance_corrected_forgetting",
+           "preservation", "mia_auc", "evaluate_qa", "token_logprobs"]
 
 
 def prompt_of(item: QAItem) -> str:
@@ -61,7 +61,8 @@ def encode_qa(tokenizer, prompt: str, continuation: str, max_length: int) -> Dic
             keep = list(range(p, p + max_length))
         ids, offs, mask = [ids[i] for i in keep], [offs[i] for i in keep], [mask[i] for i in keep]
     if not any(mask[1:]):
-        raise ValueError(f"max_length={max_length} leaves no answer token after the prompt {prompt[:60]!r}...")
+        raise ValueError(f"max_length={max_length} leaves no answer token after the prompt "
+                         f"{prompt[:60]!r}...")
     return {"input_ids": ids, "offsets": offs, "cont_mask": mask, "text": text}
 
 
@@ -82,8 +83,8 @@ def token_logprobs(model: nn.Module, ids: torch.Tensor, att: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def continuation_logprobs(model: nn.Module, tokenizer, pairs: Sequence[Tuple[str, str]], *, batch_size: int = 32,
-                          max_length: int = 128) -> Tuple[torch.Tensor, torch.Tensor]:
+def continuation_logprobs(model: nn.Module, tokenizer, pairs: Sequence[Tuple[str, str]], *,
+                          batch_size: int = 32, max_length: int = 128) -> Tuple[torch.Tensor, torch.Tensor]:
     """Summed log-likelihood of each continuation given its prompt and its token count, ``[N]`` each."""
     was = model.training
     model.eval()
@@ -151,8 +152,8 @@ def forgetting_rate(acc_before: float, acc_after: float) -> float:
 
 def chance_corrected_forgetting(acc_before: float, acc_after: float, chance: float) -> float:
     if acc_before <= chance:
-        raise ValueError(f"chance-corrected forgetting is undefined: accuracy before ({acc_before:.3f}) is not "
-                         f"above chance ({chance:.3f})")
+        raise ValueError(f"chance-corrected forgetting is undefined: accuracy before ({acc_before:.3f}) "
+                         f"is not above chance ({chance:.3f})")
     return (acc_before - acc_after) / (acc_before - chance)
 
 

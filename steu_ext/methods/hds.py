@@ -51,9 +51,9 @@ from ..ops.grad_project import grad_project_, grad_project_basis_, orthonormal_b
 
 log = logging.getLogger("steu_ext")
 
-__all__ = ["HDSConfig", "HDSResult", "HDSGradient", "encode_examples", "collate", "unlearn", "baseline_config",
-           "wrap_lora", "wordpiece_tokenizer", "ABLATIONS", "tiny_causal_lm", "teach", "forget_objective",
-           "keep_nll", "forgetting_monitor"]
+__all__ = ["HDSConfig", "HDSResult", "HDSGradient", "encode_examples", "collate", "unlearn",
+           "baseline_config", "wrap_lora", "wordpiece_tokenizer", "ABLATIONS", "tiny_causal_lm", "teach",
+           "forget_objective", "keep_nll", "forgetting_monitor"]
 
 FORGET_LOSSES = ("ga", "npo")
 RETAIN_LOSSES = ("nll", "kl", "none")
@@ -120,7 +120,8 @@ class HDSConfig:
         if bad:
             raise ValueError(f"level_weights has unknown level(s) {sorted(bad)} (levels are 1-4)")
         if self.noise_multiplier < 0 or (self.noise_multiplier > 0 and self.clip_norm is None):
-            raise ValueError("noise_multiplier > 0 needs clip_norm (the noise std is noise_multiplier * clip_norm)")
+            raise ValueError("noise_multiplier > 0 needs clip_norm (the noise std is "
+                             "noise_multiplier * clip_norm)")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError("clip_norm must be > 0")
         if not self.lora_targets and self.adapter == "lora":
@@ -159,13 +160,15 @@ def encode_examples(tokenizer, items: Sequence[QAItem], cfg: HDSConfig, *, forge
     use_tags = cfg.token_interventions and forget and hierarchy is not None
     out = []
     for it in items:
-        e = encode_qa(tokenizer, prompt_of(it), continuation_of(it, long_answer=cfg.long_answer), cfg.max_length)
+        e = encode_qa(tokenizer, prompt_of(it), continuation_of(it, long_answer=cfg.long_answer),
+                      cfg.max_length)
         ans = torch.tensor(e["cont_mask"], dtype=torch.float32)
         if not forget:
             out.append({"input_ids": e["input_ids"], "fw": torch.zeros_like(ans), "kw": ans})
             continue
         if not use_tags:
-            out.append({"input_ids": e["input_ids"], "fw": ans * cfg.answer_weight, "kw": torch.zeros_like(ans)})
+            out.append({"input_ids": e["input_ids"], "fw": ans * cfg.answer_weight,
+                        "kw": torch.zeros_like(ans)})
             continue
         level, concept = hierarchy.tag_offsets(e["text"], e["offsets"])
         role = hierarchy.roles(level, concept, preserve_levels=cfg.preserve_levels,
@@ -291,7 +294,8 @@ class HDSGradient:
             upd = list(torch.autograd.grad(lf + cfg.retain_weight * lk, params, allow_unused=True,
                                            materialize_grads=True))
         else:
-            gf = list(torch.autograd.grad(lf, params, retain_graph=True, allow_unused=True, materialize_grads=True))
+            gf = list(torch.autograd.grad(lf, params, retain_graph=True, allow_unused=True,
+                                          materialize_grads=True))
             gr = list(torch.autograd.grad(lk, params, allow_unused=True, materialize_grads=True))
             gf = [g.contiguous() for g in gf]
             if cfg.subspace > 0:
@@ -318,7 +322,8 @@ class HDSGradient:
                     self.generator = torch.Generator(device=upd[0].device).manual_seed(cfg.seed + 1)
                 std = cfg.noise_multiplier * cfg.clip_norm
                 for u in upd:
-                    u.add_(torch.randn(u.shape, generator=self.generator, device=u.device, dtype=u.dtype), alpha=std)
+                    noise = torch.randn(u.shape, generator=self.generator, device=u.device, dtype=u.dtype)
+                    u.add_(noise, alpha=std)
         for p, u in zip(params, upd):
             u = u.detach() * scale if scale != 1.0 else u.detach()
             p.grad = u.clone() if p.grad is None else p.grad.add_(u)
@@ -348,8 +353,8 @@ def wrap_lora(model: nn.Module, cfg: HDSConfig) -> nn.Module:
 
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     targets = cfg.lora_targets if isinstance(cfg.lora_targets, str) else list(cfg.lora_targets)
-    missing = [] if targets == "all-linear" else [t for t in ([targets] if isinstance(targets, str) else targets)
-                                                  if t not in names]
+    wanted = [] if targets == "all-linear" else ([targets] if isinstance(targets, str) else targets)
+    missing = [t for t in wanted if t not in names]
     if missing:
         raise ValueError(f"lora_targets {missing} match no module of {type(model).__name__} "
                          f"(module names include {sorted(names)[:20]})")
@@ -440,7 +445,8 @@ def unlearn(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Seque
         rng.shuffle(order)
         sums = None
         for s in range(0, len(order), cfg.batch_size):
-            fb = {k: v.to(device) for k, v in collate([fex[i] for i in order[s:s + cfg.batch_size]], pad).items()}
+            part = [fex[i] for i in order[s:s + cfg.batch_size]]
+            fb = {k: v.to(device) for k, v in collate(part, pad).items()}
             rb = None
             if rex:
                 if len(r_order) < cfg.batch_size:
@@ -460,7 +466,8 @@ def unlearn(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Seque
         history.append({"epoch": epoch, "forget_loss": float(sums[0]) / n, "keep_loss": float(sums[1]) / n})
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(forget=f"{history[-1]['forget_loss']:.3f}", keep=f"{history[-1]['keep_loss']:.3f}")
+            h = history[-1]
+            bar.set_postfix(forget=f"{h['forget_loss']:.3f}", keep=f"{h['keep_loss']:.3f}")
         if monitor is not None and monitor(work, epoch):
             break
     if bar is not None:
@@ -537,11 +544,11 @@ def wordpiece_tokenizer(texts: Sequence[str], *, vocab_size: int = 3000, min_fre
     tk.post_processor = processors.BertProcessing(("[SEP]", ids["[SEP]"]), ("[CLS]", ids["[CLS]"]))
     from tokenizers import decoders
     tk.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]")
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
 
-def tiny_causal_lm(texts: Sequence[str], *, seed: int = 0, vocab_size: int = 3000, hidden: int = 128,
+def tiny_causal_lm(texts: Sequence[str], *, seed: int = 0, vocab_size: int = 3000, hidden: int = 64,
                    layers: int = 2, heads: int = 4, max_positions: int = 256):
     """``(model, tokenizer)``: a randomly initialised Llama and :func:`wordpiece_tokenizer` of ``texts``
     (no download)."""
@@ -558,7 +565,7 @@ def tiny_causal_lm(texts: Sequence[str], *, seed: int = 0, vocab_size: int = 300
 
 def teach(model: nn.Module, tokenizer, items: Sequence[QAItem], *, epochs: int = 200, lr: float = 3e-3,
           batch_size: int = 32, max_length: int = 96, long_answer: bool = False, target_acc: float = 0.95,
-          check_every: int = 5, seed: int = 0) -> Dict[str, Any]:
+          check_every: int = 10, seed: int = 0) -> Dict[str, Any]:
     """Teach ``model`` (in place) the items' training texts with next-token cross-entropy on every token
     until its multiple-choice accuracy on them reaches ``target_acc`` (checked every ``check_every``
     epochs) or ``epochs`` run out. Returns ``{"accuracy", "epochs", "seconds"}``."""
@@ -566,8 +573,8 @@ def teach(model: nn.Module, tokenizer, items: Sequence[QAItem], *, epochs: int =
     torch.manual_seed(seed)
     rng = random.Random(seed)
     pad = _pad_id(tokenizer)
-    seqs = [encode_qa(tokenizer, prompt_of(it), continuation_of(it, long_answer=long_answer), max_length)["input_ids"]
-            for it in items]
+    seqs = [encode_qa(tokenizer, prompt_of(it), continuation_of(it, long_answer=long_answer),
+                      max_length)["input_ids"] for it in items]
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     acc, ep = 0.0, 0
@@ -576,8 +583,8 @@ def teach(model: nn.Module, tokenizer, items: Sequence[QAItem], *, epochs: int =
         order = list(range(len(seqs)))
         rng.shuffle(order)
         for s in range(0, len(order), batch_size):
-            b = collate([{"input_ids": seqs[i], "fw": torch.zeros(len(seqs[i])), "kw": torch.zeros(len(seqs[i]))}
-                         for i in order[s:s + batch_size]], pad)
+            b = collate([{"input_ids": seqs[i], "fw": torch.zeros(len(seqs[i])),
+                          "kw": torch.zeros(len(seqs[i]))} for i in order[s:s + batch_size]], pad)
             ids, att = b["input_ids"].to(device), b["attention_mask"].to(device)
             lp = token_logprobs(model, ids, att)
             loss = -(lp * att[:, 1:]).sum() / att[:, 1:].sum()
