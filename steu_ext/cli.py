@@ -448,6 +448,8 @@ def cmd_hds(a) -> int:
         raise BadInput("give exactly one of --model (a causal LM folder or name) and --teach-tiny")
     if not 0.0 <= a.never_seen_fraction < 1.0:
         raise BadInput("--never-seen-fraction must be in [0, 1)")
+    if a.stop_at_forgetting is not None and not 0.0 < a.stop_at_forgetting <= 1.0:
+        raise BadInput("--stop-at-forgetting must be in (0, 1]")
     items = _load_qa(a)
     hierarchy = load_hierarchy(a.hierarchy) if a.hierarchy else None
     base = hds.HDSConfig(forget_loss=a.forget_loss, retain_loss=a.retain_loss, retain_weight=a.retain_weight,
@@ -484,7 +486,11 @@ def cmd_hds(a) -> int:
     with _output_dir(a.out, a.overwrite) as tmp:
         before = evaluate_qa(model, tok, forget, retain, never or None, **kw)
         t0 = time.perf_counter()
-        res = hds.unlearn(model, tok, forget, retain, hierarchy=hierarchy, config=cfg, progress=not a.quiet)
+        monitor = None
+        if a.stop_at_forgetting is not None:
+            monitor = hds.forgetting_monitor(tok, forget, before["forget_acc"], a.stop_at_forgetting, **kw)
+        res = hds.unlearn(model, tok, forget, retain, hierarchy=hierarchy, config=cfg, monitor=monitor,
+                          progress=not a.quiet)
         wall = time.perf_counter() - t0
         after = evaluate_qa(res.model, tok, forget, retain, never or None, before=before, **kw)
         if a.save_model:
@@ -642,7 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-targets", default="all-linear", help="comma-separated module names, or all-linear")
     p.add_argument("--lr", type=float, default=1e-2, help="1e-2 suits LoRA; use ~3e-4 for the full-parameter "
                                                            "baselines ga/npo/graddiff")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=30, help="most epochs (passes over the forget items)")
+    p.add_argument("--stop-at-forgetting", type=float, default=None,
+                   help="stop once the forget-set forgetting rate reaches this (checked every epoch)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--clip-norm", type=float, default=None, help="DP-style clipping (no privacy claim)")
