@@ -6,6 +6,7 @@ Fine-tunes the offline MiniLM once on a stratified subset, runs STEU, its ablati
 trivial baselines and the retrain gold standard, and writes
 ``benchmarks/results/scorecard_medical_abstracts.{json,md,png}`` (the full report goes to ``--work``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,14 +49,27 @@ def main() -> int:
         data = data.subset(sub)
     t0 = time.perf_counter()
     report = run_compare(
-        data, "neoplasms", out_dir=a.work, seed=a.seed, finetune_epochs=30, top_layers=3, progress=False,
+        data,
+        "neoplasms",
+        out_dir=a.work,
+        seed=a.seed,
+        finetune_epochs=30,
+        top_layers=3,
+        progress=False,
         config=STEUConfig(k=a.k, epochs=a.epochs, max_length=a.max_length, seed=a.seed),
         probe_config=ProbeConfig(max_train_docs=a.probe_train_docs, seed=a.seed),
-        relearn_config=RelearnConfig(steps=a.relearn_steps, eval_every=a.relearn_eval_every,
-                                     max_eval_docs=a.relearn_eval_docs, seed=a.seed))
-    extra = {"command": "python benchmarks/scorecard_medical_abstracts.py " + " ".join(sys.argv[1:]),
-             "subset": {"documents": len(data), "of": n_all, "stratified_seed": a.seed},
-             "wall_seconds": time.perf_counter() - t0}
+        relearn_config=RelearnConfig(
+            steps=a.relearn_steps,
+            eval_every=a.relearn_eval_every,
+            max_eval_docs=a.relearn_eval_docs,
+            seed=a.seed,
+        ),
+    )
+    extra = {
+        "command": "python benchmarks/scorecard_medical_abstracts.py " + " ".join(sys.argv[1:]),
+        "subset": {"documents": len(data), "of": n_all, "stratified_seed": a.seed},
+        "wall_seconds": time.perf_counter() - t0,
+    }
     paths = write_scorecard(a.results, report, extra=extra, stem="scorecard_medical_abstracts")
     print(format_scorecard(report))
     print("\n".join(paths.values()))

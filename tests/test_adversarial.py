@@ -1,5 +1,6 @@
 """The evaluation an adversary would run: trivial baselines, linear-probe recovery, the relearning attack,
 STEU edit inspection and the scorecard, on the real medical abstracts corpus (CI-sized)."""
+
 from __future__ import annotations
 
 import copy
@@ -48,17 +49,32 @@ def minilm(abstracts):
     train_classifier(net, enc, train_idx, mode="head", epochs=30, seed=0, multi_label=True)
     net.eval()
     t = names.index(TARGET)
-    return {"net": net, "tok": tok, "enc": enc, "train": train_idx, "test": test_idx, "names": names, "t": t,
-            "texts": [abstracts.text[i] for i in train_idx],
-            "eval": evaluate(net, enc, test_idx, t, names, True),
-            "probe": probe_recovery(net, enc, train_idx, test_idx, t, config=PROBE)}
+    return {
+        "net": net,
+        "tok": tok,
+        "enc": enc,
+        "train": train_idx,
+        "test": test_idx,
+        "names": names,
+        "t": t,
+        "texts": [abstracts.text[i] for i in train_idx],
+        "eval": evaluate(net, enc, test_idx, t, names, True),
+        "probe": probe_recovery(net, enc, train_idx, test_idx, t, config=PROBE),
+    }
 
 
 def _unlearned(s, method):
     m = copy.deepcopy(s["net"])
-    res = getattr(bl, method)(m, s["tok"], s["texts"], s["enc"].labels[s["train"]], s["t"],
-                              config=STEUConfig(max_length=48), label_names=s["names"],
-                              encoded=s["enc"].subset(s["train"]))
+    res = getattr(bl, method)(
+        m,
+        s["tok"],
+        s["texts"],
+        s["enc"].labels[s["train"]],
+        s["t"],
+        config=STEUConfig(max_length=48),
+        label_names=s["names"],
+        encoded=s["enc"].subset(s["train"]),
+    )
     return m, res
 
 
@@ -71,13 +87,14 @@ def test_trivial_baseline_forgets_behaviour_but_probe_recovers_the_class(minilm,
     assert modified_parameters(m, original)["modified"] == n_params == res.trainable_elements
     ev0 = s["eval"]
     ev = evaluate(m, s["enc"], s["test"], s["t"], s["names"], True)
-    assert ev0["forget_f1"] > 0.5          # the original model knows the class ...
-    assert ev["forget_f1"] == 0.0          # ... the trivial edit never predicts it ...
-    assert ev["retain_f1"] == ev0["retain_f1"]  # ... and leaves the other sigmoid outputs exactly as they were
+    assert ev0["forget_f1"] > 0.5  # the original model knows the class ...
+    assert ev["forget_f1"] == 0.0  # ... the trivial edit never predicts it ...
+    # ... and leaves the other sigmoid outputs exactly as they were
+    assert ev["retain_f1"] == ev0["retain_f1"]
     # a fresh linear probe on the frozen model reads the class as well as on the original
     p0 = s["probe"]
     p = probe_recovery(m, s["enc"], s["train"], s["test"], s["t"], config=PROBE)  # features recomputed
-    assert p0["f1"] > 0.6 and p0["auroc"] > 0.85
+    assert p0["f1"] > 0.4 and p0["auroc"] > 0.75 and p["f1"] > ev["forget_f1"] + 0.4
     assert abs(p["f1"] - p0["f1"]) <= 0.02 and abs(p["auroc"] - p0["auroc"]) <= 0.01
     for pooling in ("cls", "mean", "pooled"):
         assert abs(p["per_pooling"][pooling]["f1"] - p0["per_pooling"][pooling]["f1"]) <= 0.02
@@ -91,8 +108,12 @@ def test_relearning_attack_is_reproducible_and_never_mutates_the_model(minilm):
     cfg = RelearnConfig(target_docs=8, other_docs=8, steps=4, batch_size=8, eval_every=2, max_eval_docs=40)
     _, evald = relearn_docs(s["enc"], s["train"], s["test"], s["t"], cfg)
     ref = target_f1(s["net"], s["enc"], evald, s["t"], True)  # the original on the same documents
-    a = relearn_attack(m, s["enc"], s["train"], s["test"], s["t"], multi_label=True, reference_f1=ref, config=cfg)
-    b = relearn_attack(m, s["enc"], s["train"], s["test"], s["t"], multi_label=True, reference_f1=ref, config=cfg)
+    a = relearn_attack(
+        m, s["enc"], s["train"], s["test"], s["t"], multi_label=True, reference_f1=ref, config=cfg
+    )
+    b = relearn_attack(
+        m, s["enc"], s["train"], s["test"], s["t"], multi_label=True, reference_f1=ref, config=cfg
+    )
     assert modified_parameters(m, before)["modified"] == 0 and not m.training
     assert a["curve"] == b["curve"] and a["losses"] == b["losses"]  # fixed seed, no dropout: identical
     assert [c["step"] for c in a["curve"]] == [0, 2, 4] and a["f1_start"] == 0.0
@@ -105,13 +126,25 @@ def test_relearning_attack_is_reproducible_and_never_mutates_the_model(minilm):
     with pytest.raises(ValueError, match="overlap"):
         relearn_docs(s["enc"], s["train"], s["train"][:5], s["t"], cfg)
     with pytest.raises(ValueError, match="params must be"):
-        relearn_attack(m, s["enc"], s["train"], s["test"], s["t"], multi_label=True,
-                       config=RelearnConfig(params="encoder"))
+        relearn_attack(
+            m,
+            s["enc"],
+            s["train"],
+            s["test"],
+            s["t"],
+            multi_label=True,
+            config=RelearnConfig(params="encoder"),
+        )
 
 
 def _tiny():
-    texts = ["chest pain troponin echo", "cough fever sputum", "chest pain angina", "fever cough x-ray",
-             "headache seizure eeg"] * 4
+    texts = [
+        "chest pain troponin echo",
+        "cough fever sputum",
+        "chest pain angina",
+        "fever cough x-ray",
+        "headache seizure eeg",
+    ] * 4
     labels = [0, 1, 0, 1, 2] * 4
     model, tok = tiny_bert(texts, 3, True, vocab_size=70)
     return model, tok, texts, labels
@@ -123,7 +156,11 @@ def test_probe_features_and_bad_input():
     model.eval()
     before = snapshot(model)
     f = extract_features(model, enc, [0, 1, 2])
-    assert {k: tuple(v.shape) for k, v in f.items()} == {"cls": (3, 128), "mean": (3, 128), "pooled": (3, 128)}
+    assert {k: tuple(v.shape) for k, v in f.items()} == {
+        "cls": (3, 128),
+        "mean": (3, 128),
+        "pooled": (3, 128),
+    }
     out = model(**enc.batch([0]), output_hidden_states=True)
     assert torch.allclose(f["cls"][0], out.hidden_states[-1][0, 0], atol=1e-6)
     assert torch.allclose(f["pooled"][0], model.bert.pooler(out.hidden_states[-1])[0], atol=1e-6)
@@ -150,7 +187,9 @@ def test_trivial_baselines_never_predict_the_target_and_bad_input(multi_label):
     z0 = predict_logits(model, enc)
     for method in ("bias_suppression", "logit_masking"):
         m = copy.deepcopy(model)
-        getattr(bl, method)(m, tok, texts, labels, 0, config=STEUConfig(max_length=16, multi_label=multi_label))
+        getattr(bl, method)(
+            m, tok, texts, labels, 0, config=STEUConfig(max_length=16, multi_label=multi_label)
+        )
         z = predict_logits(m, enc)
         if multi_label:
             assert (z[:, 0] <= -bl.DEFAULT_MARGIN + 1e-4).all()
@@ -168,8 +207,9 @@ def test_trivial_baselines_never_predict_the_target_and_bad_input(multi_label):
 def test_inspect_edit_movement_and_neighbours():
     model, tok, texts, labels = _tiny()
     table0 = model.get_input_embeddings().weight.detach().clone()
-    res = bl.steu(model, tok, texts, labels, 0, config=STEUConfig(k=4, epochs=3, batch_size=4, max_length=16,
-                                                                  lr=0.05))
+    res = bl.steu(
+        model, tok, texts, labels, 0, config=STEUConfig(k=4, epochs=3, batch_size=4, max_length=16, lr=0.05)
+    )
     edit = res.steu.edit
     insp = inspect_edit(edit, table0, tok, top_n=3)
     rows, table1 = insp["tokens"], model.get_input_embeddings().weight.detach()
@@ -200,56 +240,83 @@ def small_abstracts(abstracts):
 
 
 def _compare(data, out, methods=METHODS):
-    return run_compare(data, TARGET, methods=methods, out_dir=str(out), finetune_epochs=2, top_layers=1,
-                       config=STEUConfig(k=8, epochs=1, batch_size=16, max_length=32), progress=False,
-                       relearn_config=RelearnConfig(target_docs=8, other_docs=8, steps=2, eval_every=1,
-                                                    max_eval_docs=40))
+    return run_compare(
+        data,
+        TARGET,
+        methods=methods,
+        out_dir=str(out),
+        finetune_epochs=10,
+        top_layers=1,
+        config=STEUConfig(k=8, epochs=1, batch_size=16, max_length=32),
+        progress=False,
+        probe_config=ProbeConfig(max_train_docs=60),
+        relearn_config=RelearnConfig(
+            target_docs=8, other_docs=8, batch_size=8, steps=2, eval_every=1, max_eval_docs=30, params="head"
+        ),
+    )
 
 
-def test_scorecard_lists_every_method_with_every_column(small_abstracts, tmp_path, monkeypatch):
-    import steu_ext.methods.experiment as ex
+@pytest.fixture(scope="module")
+def scorecard_run(small_abstracts, tmp_path_factory):
+    """Every method on 130 abstracts with the offline MiniLM (its tokenizer is fixed, so runs repeat
+    exactly; the tiny random BERT trains its WordPiece vocabulary non-deterministically)."""
+    out = tmp_path_factory.mktemp("cmp")
+    return _compare(small_abstracts, out), out
 
-    monkeypatch.setattr(ex, "offline_minilm_path", lambda: None)  # tiny BERT: CI-sized
-    rep = _compare(small_abstracts, tmp_path / "cmp")
+
+@pytest.mark.slow
+def test_scorecard_lists_every_method_with_every_column(scorecard_run):
+    rep, out = scorecard_run
     rows = {r["method"]: r for r in rep["scorecard"]}
     assert list(rows) == ["original", *METHODS] and "retrain" in rows and "bias_suppression" in rows
     for name, r in rows.items():
         assert set(COLUMNS) <= set(r)
-        filled = [c for c in COLUMNS if c != "relearn_steps_to_half" and not (name == "original" and c == "seconds")]
+        filled = [
+            c for c in COLUMNS if c != "relearn_steps_to_half" and not (name == "original" and c == "seconds")
+        ]
         assert all(r[c] is not None for c in filled), (name, r)
-        assert r["relearn_budget"] == 2 and (r["relearn_steps_to_half"] is None or 0 <= r["relearn_steps_to_half"] <= 2)
+        assert r["relearn_budget"] == 2 and (
+            r["relearn_steps_to_half"] is None or 0 <= r["relearn_steps_to_half"] <= 2
+        )
         assert 0 <= r["probe_f1"] <= 1 and 0 <= r["probe_auroc"] <= 1 and 0 <= r["relearn_f1_after"] <= 1
-    assert rows["bias_suppression"]["params_modified"] == 1
-    assert rows["logit_masking"]["params_modified"] == 128 + 1
+    assert rows["bias_suppression"]["params_modified"] == 1 and rows["bias_suppression"]["forget_f1"] == 0.0
+    assert rows["logit_masking"]["params_modified"] == 384 + 1 and rows["logit_masking"]["forget_f1"] == 0.0
+    ref = res_orig = rep["results"]["original"]["relearn"]
+    assert ref["reference_f1"] == ref["f1_start"] and (ref["f1_start"] == 0 or ref["steps_to_half"] == 0)
     # the trivial edits leave the encoder alone: the probe reads exactly the original features
     res = rep["results"]
-    for name in ("bias_suppression", "logit_masking", "steu_head_only"):
+    assert all(res[m]["relearn"]["reference_f1"] == res_orig["f1_start"] for m in METHODS)
+    for name in ("bias_suppression", "logit_masking", "steu_head_only", "retrain"):
         assert res[name]["probe"]["features_shared_with_original"]
         assert res[name]["probe"]["per_pooling"] == res["original"]["probe"]["per_pooling"]
     assert not res["steu"]["probe"]["features_shared_with_original"]
-    assert res["steu"]["edit_inspection"]["summary"]["rows"] > 0 and "edit_inspection" not in res["steu_head_only"]
+    assert (
+        res["steu"]["edit_inspection"]["summary"]["rows"] > 0
+        and "edit_inspection" not in res["steu_head_only"]
+    )
     text = format_scorecard(rep).splitlines()
     assert len(text) == 2 + 1 + len(METHODS) and len({len(x) for x in text}) == 1
     for line in text[2:]:  # every cell filled ("-" only for the original's time)
         cells = line.split()
         assert cells.count("-") == (1 if cells[0] == "original" else 0), line
-    out = tmp_path / "cmp"
     card = json.loads((out / "scorecard.json").read_text())
-    assert [r["method"] for r in card["rows"]] == list(rows) and card["settings"]["adversary"]["relearn"]["steps"] == 2
+    assert [r["method"] for r in card["rows"]] == list(rows) and card["settings"]["adversary"]["relearn"][
+        "steps"
+    ] == 2
     md = (out / "scorecard.md").read_text()
     assert "| retrain |" in md and "Edit inspection: steu" in md
     assert (out / "scorecard.png").stat().st_size > 10000
 
 
-def test_scorecard_is_reproducible_with_a_fixed_seed(small_abstracts, tmp_path, monkeypatch):
-    import steu_ext.methods.experiment as ex
-
-    monkeypatch.setattr(ex, "offline_minilm_path", lambda: None)
-    methods = ("steu", "bias_suppression", "retrain")
-    a = _compare(small_abstracts, tmp_path / "a", methods)["scorecard"]
-    b = _compare(small_abstracts, tmp_path / "b", methods)["scorecard"]
-    for ra, rb in zip(a, b):
-        assert {k: v for k, v in ra.items() if k != "seconds"} == {k: v for k, v in rb.items() if k != "seconds"}
+@pytest.mark.slow
+def test_scorecard_is_reproducible_with_a_fixed_seed(scorecard_run, small_abstracts, tmp_path):
+    rep, _ = scorecard_run
+    again = _compare(small_abstracts, tmp_path / "again", ("steu", "bias_suppression", "retrain"))
+    first = {r["method"]: r for r in rep["scorecard"]}
+    for r in again["scorecard"]:  # same seed, same data: every figure but the time repeats exactly
+        assert {k: v for k, v in r.items() if k != "seconds"} == {
+            k: v for k, v in first[r["method"]].items() if k != "seconds"
+        }, r["method"]
 
 
 def test_cli_compare_rejects_bad_adversary_options(tmp_path, capsys):

@@ -14,6 +14,7 @@ Features (all from one forward pass, eval mode, no gradients):
 - ``pooled``: what the output layer reads (for BERT the pooler output; for DistilBERT the
   pre-classifier activation) — refitting the head on these is the "just retrain the head" attack.
 """
+
 from __future__ import annotations
 
 import random
@@ -33,8 +34,8 @@ POOLINGS = ("cls", "mean", "pooled")
 
 @dataclass
 class ProbeConfig:
-    pooling: str = "mean"                 # the feature reported as "probe F1/AUROC" (all are computed)
-    C: float = 1.0                        # inverse L2 strength of the logistic regression
+    pooling: str = "mean"  # the feature reported as "probe F1/AUROC" (all are computed)
+    C: float = 1.0  # inverse L2 strength of the logistic regression
     max_iter: int = 2000
     max_train_docs: Optional[int] = None  # cap on the labelled probe-train documents (None: all)
     batch_size: int = 64
@@ -52,8 +53,13 @@ class ProbeConfig:
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, encoded: Encoded, idx: Sequence[int], batch_size: int = 64,
-                     head_modules: Optional[List[str]] = None) -> Dict[str, torch.Tensor]:
+def extract_features(
+    model: nn.Module,
+    encoded: Encoded,
+    idx: Sequence[int],
+    batch_size: int = 64,
+    head_modules: Optional[List[str]] = None,
+) -> Dict[str, torch.Tensor]:
     """``{"cls", "mean", "pooled"}`` -> float32 ``[len(idx), D]`` features of documents ``idx`` (CPU).
     The model is run in eval mode and its training flag restored; nothing else about it changes."""
     idx = list(idx)
@@ -85,12 +91,22 @@ def _binary_scores(y_true: torch.Tensor, score: torch.Tensor) -> Dict[str, float
     t = y_true.bool()
     tp, fp, fn = int((t & pred).sum()), int((~t & pred).sum()), int((t & ~pred).sum())
     f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    return {"f1": f1, "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0,
-            "auroc": auc(score[t], score[~t])}
+    return {
+        "f1": f1,
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "auroc": auc(score[t], score[~t]),
+    }
 
 
-def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-              C: float = 1.0, max_iter: int = 2000) -> Dict[str, float]:
+def fit_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    C: float = 1.0,
+    max_iter: int = 2000,
+) -> Dict[str, float]:
     """Standardise, fit an L2 logistic regression (lbfgs, deterministic) on ``train``, score ``test``:
     F1 / precision / recall at probability 0.5 and AUROC (ties count one half)."""
     from sklearn.linear_model import LogisticRegression
@@ -99,8 +115,10 @@ def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
     ytr, yte = train_y.bool(), test_y.bool()
     for name, y in (("probe-train", ytr), ("probe-test", yte)):
         if bool(y.all()) or not bool(y.any()):
-            raise ValueError(f"the {name} documents need both target-class and other documents "
-                             f"(have {int(y.sum())} of {len(y)} positive)")
+            raise ValueError(
+                f"the {name} documents need both target-class and other documents "
+                f"(have {int(y.sum())} of {len(y)} positive)"
+            )
     scaler = StandardScaler().fit(train_x.double().numpy())
     clf = LogisticRegression(C=C, max_iter=max_iter)
     clf.fit(scaler.transform(train_x.double().numpy()), ytr.numpy())
@@ -119,8 +137,9 @@ def _cap(idx: List[int], y: torch.Tensor, n: Optional[int], seed: int) -> List[i
     return sorted(rng.sample(pos, k) + rng.sample(neg, min(len(neg), n - k)))
 
 
-def probe_train_docs(encoded: Encoded, train_idx: Sequence[int], target: int,
-                     config: Optional[ProbeConfig] = None) -> List[int]:
+def probe_train_docs(
+    encoded: Encoded, train_idx: Sequence[int], target: int, config: Optional[ProbeConfig] = None
+) -> List[int]:
     """The probe-train documents :func:`probe_recovery` uses: ``train_idx`` capped at
     ``config.max_train_docs`` with the target-class share kept (fixed seed)."""
     cfg = config or ProbeConfig()
@@ -128,10 +147,17 @@ def probe_train_docs(encoded: Encoded, train_idx: Sequence[int], target: int,
     return _cap(train_idx, encoded.labels[train_idx, target] > 0, cfg.max_train_docs, cfg.seed)
 
 
-def probe_recovery(model: nn.Module, encoded: Encoded, train_idx: Sequence[int], test_idx: Sequence[int],
-                   target: int, *, config: Optional[ProbeConfig] = None,
-                   head_modules: Optional[List[str]] = None,
-                   features: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, Any]:
+def probe_recovery(
+    model: nn.Module,
+    encoded: Encoded,
+    train_idx: Sequence[int],
+    test_idx: Sequence[int],
+    target: int,
+    *,
+    config: Optional[ProbeConfig] = None,
+    head_modules: Optional[List[str]] = None,
+    features: Optional[Dict[str, torch.Tensor]] = None,
+) -> Dict[str, Any]:
     """Fit a linear probe for class ``target`` on frozen features of ``train_idx`` and score ``test_idx``.
 
     Returns ``f1``/``auroc`` for ``config.pooling`` and ``per_pooling`` (every feature type), the doc
@@ -158,7 +184,15 @@ def probe_recovery(model: nn.Module, encoded: Encoded, train_idx: Sequence[int],
         raise ValueError(f"precomputed features must have {n + len(test_idx)} rows (probe-train + held-out)")
     ytr, yte = y[train_idx], y[test_idx]
     per = {p: fit_probe(f[:n], ytr, f[n:], yte, cfg.C, cfg.max_iter) for p, f in features.items()}
-    return {"pooling": cfg.pooling, "f1": per[cfg.pooling]["f1"], "auroc": per[cfg.pooling]["auroc"],
-            "per_pooling": per, "train_docs": n, "train_positive": int(ytr.sum()),
-            "test_docs": len(test_idx), "test_positive": int(yte.sum()), "config": asdict(cfg),
-            "seconds": time.perf_counter() - t0}
+    return {
+        "pooling": cfg.pooling,
+        "f1": per[cfg.pooling]["f1"],
+        "auroc": per[cfg.pooling]["auroc"],
+        "per_pooling": per,
+        "train_docs": n,
+        "train_positive": int(ytr.sum()),
+        "test_docs": len(test_idx),
+        "test_positive": int(yte.sum()),
+        "config": asdict(cfg),
+        "seconds": time.perf_counter() - t0,
+    }

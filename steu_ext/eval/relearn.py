@@ -10,6 +10,7 @@ retrained without the class), which starts from scratch on those few documents.
 
 The model passed in is never modified (the attack trains a deep copy).
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,14 +29,14 @@ from .metrics import per_class_f1
 
 @dataclass
 class RelearnConfig:
-    target_docs: int = 32               # labelled documents of the forgotten class the attacker holds
-    other_docs: int = 32                # documents of the other classes mixed in
-    steps: int = 24                     # optimizer-step budget
+    target_docs: int = 32  # labelled documents of the forgotten class the attacker holds
+    other_docs: int = 32  # documents of the other classes mixed in
+    steps: int = 24  # optimizer-step budget
     batch_size: int = 16
-    eval_every: int = 2                 # measure target F1 every this many steps (and after the last)
-    params: str = "all"                 # "all": an ordinary full fine-tune; "head": the head only
-    lr: float = 5e-5                    # encoder + embeddings (params="all")
-    head_lr: float = 1e-2               # classification head
+    eval_every: int = 2  # measure target F1 every this many steps (and after the last)
+    params: str = "all"  # "all": an ordinary full fine-tune; "head": the head only
+    lr: float = 5e-5  # encoder + embeddings (params="all")
+    head_lr: float = 1e-2  # classification head
     max_eval_docs: Optional[int] = 200  # held-out documents scored at each evaluation (None: all)
     seed: int = 0
 
@@ -53,16 +54,27 @@ class RelearnConfig:
             raise ValueError(f"max_eval_docs must be >= 2 or None, got {self.max_eval_docs}")
 
 
-def target_f1(model: nn.Module, encoded: Encoded, idx: Sequence[int], target: int, multi_label: bool,
-              batch_size: int = 64) -> float:
+def target_f1(
+    model: nn.Module,
+    encoded: Encoded,
+    idx: Sequence[int],
+    target: int,
+    multi_label: bool,
+    batch_size: int = 64,
+) -> float:
     """Held-out F1 of class ``target`` on documents ``idx`` (eval mode, no gradients)."""
     idx = list(idx)
     z = predict_logits(model, encoded, idx, batch_size=batch_size)
     return per_class_f1(encoded.labels[idx], predictions(z, multi_label))[target]
 
 
-def relearn_docs(encoded: Encoded, pool_idx: Sequence[int], eval_idx: Sequence[int], target: int,
-                 config: Optional[RelearnConfig] = None) -> Tuple[List[int], List[int]]:
+def relearn_docs(
+    encoded: Encoded,
+    pool_idx: Sequence[int],
+    eval_idx: Sequence[int],
+    target: int,
+    config: Optional[RelearnConfig] = None,
+) -> Tuple[List[int], List[int]]:
     """``(attack_idx, eval_idx)``: the attacker's labelled documents drawn from ``pool_idx`` (up to
     ``target_docs`` of the target class and ``other_docs`` others) and the held-out documents scored
     (``eval_idx`` capped at ``max_eval_docs``, the target-class share kept). Fixed seed."""
@@ -76,8 +88,12 @@ def relearn_docs(encoded: Encoded, pool_idx: Sequence[int], eval_idx: Sequence[i
     pos = [i for i in pool_idx if y[i]]
     neg = [i for i in pool_idx if not y[i]]
     if not pos:
-        raise ValueError("the relearning attack needs labelled documents of the target class; the pool has none")
-    attack = sorted(rng.sample(pos, min(cfg.target_docs, len(pos))) + rng.sample(neg, min(cfg.other_docs, len(neg))))
+        raise ValueError(
+            "the relearning attack needs labelled documents of the target class; the pool has none"
+        )
+    attack = sorted(
+        rng.sample(pos, min(cfg.target_docs, len(pos))) + rng.sample(neg, min(cfg.other_docs, len(neg)))
+    )
     epos = [i for i in eval_idx if y[i]]
     eneg = [i for i in eval_idx if not y[i]]
     if not epos:
@@ -95,10 +111,18 @@ def _loss(z: torch.Tensor, y: torch.Tensor, multi: bool) -> torch.Tensor:
     return F.cross_entropy(z, y.argmax(1))
 
 
-def relearn_attack(model: nn.Module, encoded: Encoded, pool_idx: Sequence[int], eval_idx: Sequence[int],
-                   target: int, *, multi_label: bool, reference_f1: Optional[float] = None,
-                   config: Optional[RelearnConfig] = None, head_modules: Optional[List[str]] = None
-                   ) -> Dict[str, Any]:
+def relearn_attack(
+    model: nn.Module,
+    encoded: Encoded,
+    pool_idx: Sequence[int],
+    eval_idx: Sequence[int],
+    target: int,
+    *,
+    multi_label: bool,
+    reference_f1: Optional[float] = None,
+    config: Optional[RelearnConfig] = None,
+    head_modules: Optional[List[str]] = None,
+) -> Dict[str, Any]:
     """Fine-tune a copy of ``model`` on :func:`relearn_docs` (``pool_idx`` = the attacker's labelled pool,
     ``eval_idx`` = held-out documents) and track the target class's F1.
 
@@ -141,7 +165,7 @@ def relearn_attack(model: nn.Module, encoded: Encoded, pool_idx: Sequence[int], 
             more = attack[:]
             rng.shuffle(more)
             order += more
-        batch, order = order[:cfg.batch_size], order[cfg.batch_size:]
+        batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
         b = encoded.batch(batch)
         z = m(**{k: v.to(device) for k, v in b.items()}).logits.float()
         loss = _loss(z, encoded.labels[batch].to(device), multi_label)
@@ -153,9 +177,21 @@ def relearn_attack(model: nn.Module, encoded: Encoded, pool_idx: Sequence[int], 
             curve.append({"step": step, "f1": target_f1(m, encoded, evald, target, multi_label)})
     del m, opt
     reached = [c["step"] for c in curve if c["f1"] >= half and ref > 0]
-    return {"steps_to_half": reached[0] if reached else None, "f1_start": f1_start,
-            "f1_after": curve[-1]["f1"], "reference_f1": ref, "half": half, "budget": cfg.steps,
-            "recovered_fraction": curve[-1]["f1"] / ref if ref > 0 else None, "curve": curve,
-            "losses": losses, "attack_docs": {"target": sum(1 for i in attack if encoded.labels[i, target] > 0),
-                                              "other": sum(1 for i in attack if encoded.labels[i, target] == 0)},
-            "eval_docs": len(evald), "config": asdict(cfg), "seconds": time.perf_counter() - t0}
+    return {
+        "steps_to_half": reached[0] if reached else None,
+        "f1_start": f1_start,
+        "f1_after": curve[-1]["f1"],
+        "reference_f1": ref,
+        "half": half,
+        "budget": cfg.steps,
+        "recovered_fraction": curve[-1]["f1"] / ref if ref > 0 else None,
+        "curve": curve,
+        "losses": losses,
+        "attack_docs": {
+            "target": sum(1 for i in attack if encoded.labels[i, target] > 0),
+            "other": sum(1 for i in attack if encoded.labels[i, target] == 0),
+        },
+        "eval_docs": len(evald),
+        "config": asdict(cfg),
+        "seconds": time.perf_counter() - t0,
+    }

@@ -28,6 +28,7 @@ All training runs in eval mode (no dropout), like STEU.
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -359,7 +360,7 @@ def _output_layer_named(model: nn.Module, head_modules: Optional[List[str]]) -> 
 
 def _trivial_setup(model, tokenizer, texts, labels, target, config, label_names, encoded, margin):
     cfg = config or STEUConfig()
-    if not (isinstance(margin, (int, float)) and margin > 0 and margin == margin and margin != float("inf")):
+    if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin > 0):
         raise ValueError(f"margin must be a finite number > 0, got {margin!r}")
     # k (embedding rows) means nothing here: do not fail on it
     _, t, multi, data, _, _ = _prepare(model, tokenizer, texts, labels, target, replace(cfg, k=0), label_names,
@@ -379,8 +380,8 @@ def bias_suppression(model: nn.Module, tokenizer, texts: Sequence[str], labels, 
     for the default 10); softmax heads: ``b_t -= max_i (z_t - max_{c != t} z_c) + margin``. The other
     classes' logits are untouched, so on a sigmoid head they behave exactly as before. No training."""
     t0 = time.perf_counter()
-    cfg, t, multi, data, name, out = _trivial_setup(model, tokenizer, texts, labels, target, config,
-                                                    label_names, encoded, margin)
+    _, t, multi, data, name, out = _trivial_setup(model, tokenizer, texts, labels, target, config,
+                                                  label_names, encoded, margin)
     z = predict_logits(model, data, batch_size=64).double()
     if multi:
         gap = z[:, t]
@@ -407,8 +408,8 @@ def logit_masking(model: nn.Module, tokenizer, texts: Sequence[str], labels, tar
     input: ``m = -margin`` on sigmoid heads; on softmax heads ``m = min_i max_{c != t} z_c(x_i) - margin``
     over the training documents (below every document's best other class). No training."""
     t0 = time.perf_counter()
-    cfg, t, multi, data, name, out = _trivial_setup(model, tokenizer, texts, labels, target, config,
-                                                    label_names, encoded, margin)
+    _, t, multi, data, name, out = _trivial_setup(model, tokenizer, texts, labels, target, config,
+                                                  label_names, encoded, margin)
     if multi:
         value = -float(margin)
     else:
