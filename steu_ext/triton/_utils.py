@@ -8,7 +8,8 @@ in-kernel (multi-tensor apply without concatenation).
 """
 import contextlib
 import math
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import triton
@@ -61,6 +62,39 @@ def int64_table(rows: Iterable[Sequence[int]], device: torch.device) -> torch.Te
     if device.type == "cuda":
         return host.pin_memory().to(device, non_blocking=True)
     return host.to(device)
+
+
+def chunk_table(cache: "OrderedDict", device: torch.device, entries: tuple, *, numel_col: int, chunk: int,
+                extra: Callable[[tuple], tuple] = lambda entries: (), cache_size: int = 16) -> tuple:
+    """Tables of a multi-tensor launch, cached (LRU) by ``(device, entries)``, so a training loop that reuses
+    its buffers builds them once: ``(table, chunk map, n_chunks, *extra(entries))``. Each entry is a tuple
+    of ints (addresses, length, dtype codes) whose ``numel_col``-th item is the tensor's length; its table
+    row is the entry with the tensor's first chunk index inserted after the length. The chunk map gives,
+    for every ``chunk``-element chunk of every tensor in order, the tensor's row."""
+    key = (str(device), entries)
+    hit = cache.get(key)
+    if hit is not None:
+        cache.move_to_end(key)
+        return hit
+    rows, chunk_map, first = [], [], 0
+    for i, e in enumerate(entries):
+        rows.append(e[:numel_col + 1] + (first,) + e[numel_col + 1:])
+        nc = triton.cdiv(e[numel_col], chunk)
+        chunk_map.extend([i] * nc)
+        first += nc
+    flat = int64_table(rows + [chunk_map], device)
+    ncol = len(rows[0]) if rows else 0
+    out = (flat[:ncol * len(rows)], flat[ncol * len(rows):], first, *extra(entries))
+    cache[key] = out
+    if len(cache) > cache_size:
+        cache.popitem(last=False)
+    return out
+
+
+def shared_code(codes) -> int:
+    """The dtype code every tensor shares (passed to a kernel as a constexpr), or -1 when they differ."""
+    codes = set(codes)
+    return codes.pop() if len(codes) == 1 else -1
 
 
 def all_aligned(addresses: Iterable[int], numels: Iterable[int], align_bytes: int = 16,

@@ -28,10 +28,11 @@ from ._utils import (
     all_aligned,
     check_contiguous,
     check_same_device,
+    chunk_table,
     device_guard,
-    int64_table,
     load_f32,
     next_pow2,
+    shared_code,
     store_f32,
 )
 
@@ -48,7 +49,6 @@ NCOL = 8
 #: launch options (fp fusion explicit: contracting a*b+c to fma only removes roundings)
 _OPTS = {"num_warps": 4, "enable_fp_fusion": True}
 _CACHE: OrderedDict = OrderedDict()
-_CACHE_SIZE = 16
 
 
 @triton.jit
@@ -221,29 +221,10 @@ def _chunk_table(grads: list[torch.Tensor], others: list[torch.Tensor],
     entries = tuple((g.data_ptr(), o.data_ptr(), f.data_ptr() if f is not None else 0, g.numel(),
                      DTYPE_CODES[g.dtype], DTYPE_CODES[o.dtype], DTYPE_CODES[f.dtype] if f is not None else 0)
                     for g, o, f in zip(grads, others, fs) if g.numel() > 0)
-    key = (str(device), entries)
-    hit = _CACHE.get(key)
-    if hit is not None:
-        _CACHE.move_to_end(key)
-        return hit
-    rows, chunk_map, first = [], [], 0
-    for i, (ga, oa, fa, n, gc, oc, fc) in enumerate(entries):
-        nc = triton.cdiv(n, CHUNK)
-        rows.append((ga, oa, fa, n, first, gc, oc, fc))
-        chunk_map.extend([i] * nc)
-        first += nc
-    flat = int64_table(rows + [chunk_map], device)
-    tab, cmap = flat[:NCOL * len(rows)], flat[NCOL * len(rows):]
-    addrs = [a for e in entries for a in e[:3] if a]
-    aligned = all_aligned(addrs, [e[3] for e in entries])
     # a dtype code shared by every tensor is passed as a constexpr (-1: mixed, read per tensor)
-    gcodes, ocodes = {e[4] for e in entries}, {e[5] for e in entries}
-    codes = (gcodes.pop() if len(gcodes) == 1 else -1, ocodes.pop() if len(ocodes) == 1 else -1)
-    out = (tab, cmap, first, aligned, codes)
-    _CACHE[key] = out
-    if len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return out
+    return chunk_table(_CACHE, device, entries, numel_col=3, chunk=CHUNK, extra=lambda es: (
+        all_aligned([a for e in es for a in e[:3] if a], [e[3] for e in es]),
+        (shared_code(e[4] for e in es), shared_code(e[5] for e in es))))
 
 
 def _check_list(op: str, grads, others, other_name: str, basis: bool = False) -> None:

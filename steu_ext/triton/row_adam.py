@@ -26,12 +26,13 @@ from ._utils import (
     all_aligned,
     check_contiguous,
     check_same_device,
+    chunk_table,
     device_guard,
     f32_to_bf16,
-    int64_table,
     ln_or_neg_inf,
     load_f32,
     next_pow2,
+    shared_code,
     store_f32,
 )
 
@@ -43,7 +44,6 @@ BLOCK = 1024
 #: int64 columns of the multi_adam_ table: p, g, exp_avg, exp_avg_sq, step addresses, numel, first chunk, code
 NCOL = 8
 _CACHE: OrderedDict = OrderedDict()
-_CACHE_SIZE = 16
 
 
 @triton.jit
@@ -203,26 +203,8 @@ def _multi_table(params, grads, exp_avgs, exp_avg_sqs, steps):
     entries = tuple((p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), t.data_ptr(), p.numel(),
                      DTYPE_CODES[p.dtype])
                     for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps) if p.numel() > 0)
-    key = (str(device), entries)
-    hit = _CACHE.get(key)
-    if hit is not None:
-        _CACHE.move_to_end(key)
-        return hit
-    rows, chunk_map, first = [], [], 0
-    for i, (pa, ga, ma, va, ta, n, code) in enumerate(entries):
-        nc = triton.cdiv(n, CHUNK)
-        rows.append((pa, ga, ma, va, ta, n, first, code))
-        chunk_map.extend([i] * nc)
-        first += nc
-    flat = int64_table(rows + [chunk_map], device)
-    codes = {e[6] for e in entries}
-    out = (flat[:NCOL * len(rows)], flat[NCOL * len(rows):], first,
-           all_aligned([a for e in entries for a in e[:4]], [e[5] for e in entries]),
-           codes.pop() if len(codes) == 1 else -1)
-    _CACHE[key] = out
-    if len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return out
+    return chunk_table(_CACHE, device, entries, numel_col=5, chunk=CHUNK, extra=lambda es: (
+        all_aligned([a for e in es for a in e[:4]], [e[5] for e in es]), shared_code(e[6] for e in es)))
 
 
 def multi_adam_(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list, lr: float,
