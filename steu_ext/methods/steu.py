@@ -326,11 +326,11 @@ def unlearn(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                history.append({"epoch": epoch, "loss": loss.item(), "forget_loss": lf.item(),
-                                "utility_loss": lu.item()})
+                rec = {"epoch": epoch, "loss": loss.item(), "forget_loss": lf.item(), "utility_loss": lu.item()}
+                history.append(rec)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(forget=f"{float(lf):.3f}", utility=f"{float(lu):.4f}")
+                    bar.set_postfix(forget=f"{rec['forget_loss']:.3f}", utility=f"{rec['utility_loss']:.4f}")
     finally:
         if bar is not None:
             bar.close()
