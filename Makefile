@@ -13,4 +13,4 @@ build:
 env:
 	python -m steu_ext.env_report
 lint:
-	ruff check steu_ext tests && ruff format --check steu_ext tests
+	ruff check steu_ext tests benchmarks

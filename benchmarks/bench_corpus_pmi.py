@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import full_sizes
+
 from steu_ext.data import corpus_pmi
 
 DATA_ROOT = Path(os.environ.get("STEU_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))

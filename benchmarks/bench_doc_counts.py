@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import backends, cached, full_sizes, run
 
 import steu_ext
-from conftest import backends, bench_device, cached, full_sizes, run
 from steu_ext.reference import stock
 
 # (docs, length, vocab, classes): performance.md sizes

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import backends, cached, run
+
 from steu_ext import grad_project_, use_backend
 from steu_ext.reference import stock
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import cached, full_sizes, run
+
 from steu_ext import RowSparseAdamW
 from steu_ext.methods.steu import steu_param_groups
 

@@ -440,7 +440,7 @@ def cmd_hds(a) -> int:
 
     from .data.concepts import load_hierarchy
     from .data.qa import split_domain, subsample
-    from .eval.qa import evaluate_qa, prompt_of, continuation_of
+    from .eval.qa import continuation_of, evaluate_qa, prompt_of
     from .eval.report import write_json
     from .methods import hds
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import backends_for
 
 from steu_ext import PMICounter, _backend, doc_counts
-from conftest import backends_for
 
 BACKENDS = backends_for("doc_counts")
 PADS = ("none", "right", "left", "random", "lengths")
@@ -53,7 +53,9 @@ def oracle(docs, V, C):
             doc_freq[t] += 1
             for c in classes:
                 counts[c][t] += 1
-    as_t = lambda x: torch.tensor(x, dtype=torch.int64)
+    def as_t(x):
+        return torch.tensor(x, dtype=torch.int64)
+
     return as_t(counts), as_t(doc_freq), len(docs), as_t(class_docs)
 
 

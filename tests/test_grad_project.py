@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import backends_for
 
 from steu_ext import _backend, grad_project_, grad_project_basis_, orthonormal_basis
-from conftest import backends_for
 
 SHAPES = [(7,), (3, 5), (123,), (2, 3, 4), (1,), ()]
 LOW = [torch.bfloat16, torch.float16]

@@ -14,14 +14,27 @@ from collections import Counter
 
 import pytest
 import torch
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainerCallback,
-                          TrainingArguments)
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from steu_ext.data import load_medical_abstracts, stratified_split
 from steu_ext.data.synthetic import generate_notes
 from steu_ext.eval.metrics import modified_parameters, snapshot
-from steu_ext.integrations.hf import (STATE_NAME, STEUCollator, STEUExample, STEUPairDataset, STEUTrainer,
-                                      create_steu_optimizer, encode_dataset, load_edited)
+from steu_ext.integrations.hf import (
+    STATE_NAME,
+    STEUCollator,
+    STEUExample,
+    STEUPairDataset,
+    STEUTrainer,
+    create_steu_optimizer,
+    encode_dataset,
+    load_edited,
+)
 from steu_ext.methods._model import Encoded, find_head
 from steu_ext.methods.edit import STEUEdit
 from steu_ext.methods.experiment import offline_minilm_path, tiny_bert

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import devices_under_test
 
 import steu_ext
-from conftest import devices_under_test
 
 
 def _devices():

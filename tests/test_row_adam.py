@@ -10,10 +10,10 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from conftest import backends_for
 from torch import nn
 
 from steu_ext import RowSparseAdam, RowSparseAdamW, _backend, row_adam_
-from conftest import backends_for
 
 BACKENDS = backends_for("row_adam")
 STATE = ("step", "exp_avg", "exp_avg_sq")

@@ -40,7 +40,16 @@ from torch import nn
 
 from ._model import Encoded, embedding_param_name, find_head, is_multi_label, predict_logits
 from .finetune import _output_layer, train_classifier
-from .steu import STEUConfig, STEUResult, forget_loss, label_matrix, resolve_target, split_forget_retain, unlearn, utility_loss
+from .steu import (
+    STEUConfig,
+    STEUResult,
+    forget_loss,
+    label_matrix,
+    resolve_target,
+    split_forget_retain,
+    unlearn,
+    utility_loss,
+)
 
 DEFAULT_TOP_LAYERS = 3
 DEFAULT_LAYER_LR = 5e-5
