@@ -730,7 +730,7 @@ class HDSTrainer(Trainer):
     def __init__(self, model: Optional[nn.Module] = None, args: Optional[TrainingArguments] = None, *,
                  processing_class=None, forget_items: Sequence[Any] = (), retain_items: Sequence[Any] = (),
                  hierarchy=None, hds_config=None, **kwargs):
-        from ..methods.hds import HDSConfig, HDSGradient, _ref_sums, encode_examples, wrap_lora
+        from ..methods.hds import HDSGradient, prepare
 
         if model is None:
             raise ValueError("HDSTrainer needs the model to unlearn")
@@ -748,27 +748,11 @@ class HDSTrainer(Trainer):
             raise ValueError("HDSTrainer does not support fp16/bf16 autocast")
         if "data_collator" in kwargs or "train_dataset" in kwargs:
             raise ValueError("HDSTrainer builds its own training dataset and collator")
-        cfg = copy.deepcopy(hds_config) if hds_config is not None else HDSConfig()
-        cfg.validate()
-        if not forget_items:
-            raise ValueError("the forget set is empty")
-        if cfg.retain_loss != "none" and not retain_items:
-            raise ValueError("the retain set is empty")
+        plan = prepare(model, tokenizer, forget_items, retain_items, hierarchy=hierarchy, config=hds_config,
+                       original_device="cpu")
+        cfg, fex, rex, pad = plan.config, plan.forget_examples, plan.retain_examples, plan.pad_id
+        work, reference, self._original = plan.model, plan.reference, plan.original
         self.hds_config, self.hierarchy = cfg, hierarchy
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        fex = encode_examples(tokenizer, forget_items, cfg, forget=True, hierarchy=hierarchy)
-        rex = encode_examples(tokenizer, retain_items, cfg, forget=False) if cfg.retain_loss != "none" else []
-        work = copy.deepcopy(model)
-        self._original = {n: p.detach().cpu().clone() for n, p in work.named_parameters()}
-        if cfg.forget_loss == "npo":
-            _ref_sums(work, fex, pad)
-        reference = None
-        if cfg.adapter == "lora":
-            work = wrap_lora(work, cfg)
-        else:
-            if cfg.retain_loss == "kl":
-                reference = copy.deepcopy(work).eval().requires_grad_(False)
-            work.requires_grad_(True)
         seed = args.data_seed if args.data_seed is not None else args.seed
         super().__init__(model=work, args=args, data_collator=HDSCollator(pad),
                          train_dataset=HDSPairDataset(fex, rex, seed=seed), processing_class=processing_class,
@@ -782,10 +766,10 @@ class HDSTrainer(Trainer):
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            cfg = self.hds_config
-            self.optimizer = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0) if cfg.optimizer == "adamw"
-                              else torch.optim.SGD(params, lr=cfg.lr))
+            from ..methods.hds import make_optimizer
+
+            self.optimizer = make_optimizer([p for p in self.model.parameters() if p.requires_grad],
+                                            self.hds_config)
         return self.optimizer
 
     def training_step(self, model, inputs, num_items_in_batch=None):

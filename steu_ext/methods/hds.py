@@ -37,7 +37,7 @@ import logging
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,6 @@ from torch import nn
 
 from ..data.concepts import PRESERVE, TARGET, ConceptHierarchy
 from ..data.qa import QAItem
-from ..eval.metrics import snapshot
 from ..eval.qa import accuracy, continuation_of, encode_qa, prompt_of, token_logprobs
 from ..ops.grad_project import grad_project_, grad_project_basis_, orthonormal_basis
 
@@ -383,15 +382,25 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def unlearn(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Sequence[QAItem], *,
-            hierarchy: Optional[ConceptHierarchy] = None, config: Optional[HDSConfig] = None,
-            monitor: Optional[Callable[[nn.Module, int], bool]] = None, progress: bool = False) -> HDSResult:
-    """Unlearn the ``forget`` items' knowledge from a causal LM while keeping the ``retain`` items'.
+@dataclass
+class HDSPlan:
+    """What :func:`prepare` hands to the training loop (:func:`unlearn` or ``HDSTrainer``)."""
+    config: HDSConfig
+    forget_examples: List[Dict[str, Any]]
+    retain_examples: List[Dict[str, Any]]
+    pad_id: int
+    model: nn.Module                        # the trainable copy (peft-wrapped with LoRA)
+    original: Dict[str, torch.Tensor]       # the copy's parameters before any change, by name
+    reference: Optional[nn.Module]          # the frozen original for the KL retain loss without LoRA
 
-    Works on a deep copy: ``model`` is not modified. ``monitor(model, epoch)`` is called after every
-    epoch (model in its trainable form) and stops training when it returns True. Token interventions need
-    ``hierarchy``; without one they are off (a warning says so).
-    """
+
+def prepare(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Sequence[QAItem], *,
+            hierarchy: Optional[ConceptHierarchy] = None, config: Optional[HDSConfig] = None,
+            original_device: Optional[Union[str, torch.device]] = None) -> HDSPlan:
+    """HDS's steps before training, shared by :func:`unlearn` and the HF ``HDSTrainer``: validate, tag and
+    encode the items, deep-copy ``model`` (never modified), snapshot its parameters (on
+    ``original_device``, default: where they are), compute NPO's reference sums, and wrap LoRA adapters
+    (or make every parameter trainable, with a frozen reference copy for the KL retain loss)."""
     cfg = copy.deepcopy(config) if config is not None else HDSConfig()
     cfg.validate()
     if not forget:
@@ -406,15 +415,11 @@ def unlearn(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Seque
         missing = set(cfg.forget_domains) - set(hierarchy.domains)
         if missing:
             raise ValueError(f"forget domain(s) {sorted(missing)} not in the hierarchy ({hierarchy.domains})")
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
     pad = _pad_id(tokenizer)
     fex = encode_examples(tokenizer, forget, cfg, forget=True, hierarchy=hierarchy)
     rex = encode_examples(tokenizer, retain, cfg, forget=False) if cfg.retain_loss != "none" else []
-
     work = copy.deepcopy(model)
-    original = snapshot(work)
-    device = next(work.parameters()).device
+    original = {n: p.detach().to(original_device or p.device, copy=True) for n, p in work.named_parameters()}
     if cfg.forget_loss == "npo":
         _ref_sums(work, fex, pad)
     reference = None
@@ -424,11 +429,35 @@ def unlearn(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Seque
         if cfg.retain_loss == "kl":
             reference = copy.deepcopy(work).eval().requires_grad_(False)
         work.requires_grad_(True)
+    return HDSPlan(cfg, fex, rex, pad, work, original, reference)
+
+
+def make_optimizer(params: List[torch.Tensor], cfg: HDSConfig) -> torch.optim.Optimizer:
+    """The optimizer ``cfg.optimizer`` names, over ``params``."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    return torch.optim.SGD(params, lr=cfg.lr)
+
+
+def unlearn(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Sequence[QAItem], *,
+            hierarchy: Optional[ConceptHierarchy] = None, config: Optional[HDSConfig] = None,
+            monitor: Optional[Callable[[nn.Module, int], bool]] = None, progress: bool = False) -> HDSResult:
+    """Unlearn the ``forget`` items' knowledge from a causal LM while keeping the ``retain`` items'.
+
+    Works on a deep copy: ``model`` is not modified. ``monitor(model, epoch)`` is called after every
+    epoch (model in its trainable form) and stops training when it returns True. Token interventions need
+    ``hierarchy``; without one they are off (a warning says so).
+    """
+    t0 = time.perf_counter()
+    torch.manual_seed(config.seed if config is not None else HDSConfig().seed)
+    plan = prepare(model, tokenizer, forget, retain, hierarchy=hierarchy, config=config)
+    cfg, fex, rex, pad = plan.config, plan.forget_examples, plan.retain_examples, plan.pad_id
+    work, original, reference = plan.model, plan.original, plan.reference
+    device = next(work.parameters()).device
     params = [p for p in work.parameters() if p.requires_grad]
     trainable_before = {n: p.detach().clone() for n, p in work.named_parameters() if p.requires_grad}
     grad = HDSGradient(cfg, params, reference)
-    opt = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0) if cfg.optimizer == "adamw"
-           else torch.optim.SGD(params, lr=cfg.lr))
+    opt = make_optimizer(params, cfg)
     t_prep = time.perf_counter()
 
     work.eval()  # dropout off: the frozen parts compute what the original did
