@@ -11,10 +11,13 @@ pytest-benchmark's own statistics are of that pair, the JSONL records hold each 
 seconds each side used (``cpu_s_p50``, this process and its workers: the work done, independent of
 load) and the 1-minute load average (a shared machine's wall times are only as good as its idleness).
 
-    python -m pytest benchmarks/bench_corpus_pmi.py -q                        # CI size: 5,776 docs, W=0,1,2
+    python -m pytest benchmarks/bench_corpus_pmi.py -q                        # CPU size: 11,552 docs, W=0,1,2
     STEU_BENCH_SIZES=full python -m pytest benchmarks/bench_corpus_pmi.py -q  # 200k docs, W=1,2,4,8,15
     STEU_BENCH_PMI_DOCS=50000 STEU_BENCH_PMI_WORKERS=1,4,15 STEU_BENCH_PMI_ROUNDS=3 ...   # override either
 The corpus is the medical abstracts (``STEU_DATA_ROOT``), cycled to the requested size in a temp file.
+Besides each side's p50, a record holds ``paired_ratio_p50``: the median over rounds of tokenizer-only
+time / end-to-end time of the same round (robust to load drift between rounds). Both timings include
+their fixed start-up (worker start; end to end also the input fingerprint and tokenizer identity hash).
 """
 
 from __future__ import annotations
@@ -33,12 +36,12 @@ from steu_ext.data import corpus_pmi
 
 DATA_ROOT = Path(os.environ.get("STEU_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
 ABSTRACTS = DATA_ROOT / "medical_abstracts" / "medical_tc_test.csv"
-N_DOCS = int(os.environ.get("STEU_BENCH_PMI_DOCS", 200_000 if full_sizes() else 2 * 2888))
+N_DOCS = int(os.environ.get("STEU_BENCH_PMI_DOCS", 200_000 if full_sizes() else 4 * 2888))
 WORKERS = [
     int(w)
     for w in os.environ.get("STEU_BENCH_PMI_WORKERS", "1,2,4,8,15" if full_sizes() else "0,1,2").split(",")
 ]
-ROUNDS = int(os.environ.get("STEU_BENCH_PMI_ROUNDS", 3))
+ROUNDS = int(os.environ.get("STEU_BENCH_PMI_ROUNDS", 5))
 MAX_LENGTH, BLOCK = 512, 512
 
 
@@ -114,6 +117,7 @@ def test_corpus_pmi_vs_tokenizer_only(benchmark, recorder, corpus, workers):
     cc = out["ours"]
     assert cc.n_docs == N_DOCS and cc.n_tokens == out["stock"]  # the same text, the same tokens
     size = f"docs{N_DOCS}_L{MAX_LENGTH}_w{workers}"
+    pairs = sorted(s / o for s, o in zip(times["stock:tokenizer_only"], times["ours:count_corpus"]))
     for name, ts in times.items():
         recorder.add(
             "corpus_pmi",
@@ -129,5 +133,7 @@ def test_corpus_pmi_vs_tokenizer_only(benchmark, recorder, corpus, workers):
                 "cpu_s_p50": sorted(cpu[name])[len(ts) // 2],
                 "cpu_count": os.cpu_count(),
                 "load_avg_1min": os.getloadavg()[0],
+                "paired_ratio_p50": pairs[len(pairs) // 2],
+                "paired_ratios": [round(r, 4) for r in pairs],
             },
         )

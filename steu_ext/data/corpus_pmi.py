@@ -166,8 +166,9 @@ def _block_counts(flat, lengths, rows, cols, C: int, V: int) -> Dict[str, Any]:
     from ..ops.doc_counts import doc_counts
 
     _check_ids(flat, V)
-    ids, n = _padded(flat, lengths)
-    r = doc_counts(ids, _label_matrix(rows, cols, len(lengths), C), num_tokens=V, lengths=n, validate=False)
+    ids, mask = _padded(flat, lengths)
+    r = doc_counts(ids, _label_matrix(rows, cols, len(lengths), C), num_tokens=V, attention_mask=mask,
+                   validate=False)
     cnt = r.counts.reshape(-1)
     nz, dnz = cnt.nonzero().squeeze(1), r.doc_freq.nonzero().squeeze(1)
     return {
@@ -203,13 +204,13 @@ def _add_block(counter: PMICounter, b: Dict[str, Any]) -> None:
 
 
 def _padded(flat: np.ndarray, lengths: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``[B, max length]`` int64 ids (zero padded) and lengths ``[B]`` from the flat form."""
+    """``[B, max length]`` int64 ids (zero padded) and the ``[B, max length]`` bool mask of real tokens
+    from the flat form (the mask's row-major order is the flat order)."""
     B, L = len(lengths), max(int(lengths.max()), 1)
+    mask = np.arange(L) < lengths[:, None]
     out = np.zeros((B, L), dtype=np.int64)
-    starts = np.cumsum(lengths) - lengths
-    # flat position p of document b lands at b * L + (p - starts[b])
-    out.reshape(-1)[np.arange(len(flat)) - np.repeat(starts - np.arange(B) * L, lengths)] = flat
-    return torch.from_numpy(out), torch.from_numpy(lengths)
+    out[mask] = flat
+    return torch.from_numpy(out), torch.from_numpy(mask)
 
 
 # ---- results ------------------------------------------------------------------------------------------
@@ -570,10 +571,11 @@ def count_corpus(
         if good and on_device:  # token ids came back: count here, on the device
             flat, lengths, rows, cols = result
             _check_ids(flat, V)
-            ids, n = _padded(flat, lengths)
+            ids, mask = _padded(flat, lengths)
             lab = _label_matrix(rows, cols, len(lengths), counter.num_classes)
             dev = counter.device
-            counter.update(ids.to(dev, non_blocking=True), lab.to(dev), lengths=n.to(dev), validate=False)
+            counter.update(ids.to(dev, non_blocking=True), lab.to(dev), attention_mask=mask.to(dev),
+                           validate=False)
             n_tokens += int(lengths.sum())
         elif good:  # counted by the worker: add its sparse block counts
             _add_block(counter, result)
