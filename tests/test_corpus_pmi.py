@@ -124,13 +124,28 @@ def test_gzip_jsonl_and_parquet_equal_csv(tok, abstracts, reference, tmp_path):
     assert recs[0].index == 1500 and recs[0].text == rows[1500][TEXT] and len(recs) == len(rows) - 1500
 
 
-def test_blocks_partition_the_file_across_ranks(abstracts):
-    every = []
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_blocks_partition_the_file_across_ranks(abstracts, tmp_path, fmt):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = _rows(abstracts)
+    path = abstracts
+    if fmt == "jsonl":
+        path = str(tmp_path / "a.jsonl")
+        with open(path, "w") as f:
+            f.writelines(json.dumps({TEXT: r[TEXT], LABEL: r[LABEL]}) + "\n" for r in rows)
+    elif fmt == "parquet":  # row groups and reader batches that do not line up with the blocks
+        path = str(tmp_path / "a.parquet")
+        pq.write_table(pa.table({TEXT: [r[TEXT] for r in rows], LABEL: [r[LABEL] for r in rows]}), path,
+                       row_group_size=700)
+    every = {}
     for rank in range(3):
-        for b in stream.iter_blocks(abstracts, TEXT, LABEL, block_size=100, rank=rank, world_size=3):
+        for b in stream.iter_blocks(path, TEXT, LABEL, block_size=100, rank=rank, world_size=3, start=300):
             assert b.number % 3 == rank and all(b.start <= r.index < b.end for r in b.records)
-            every += [r.index for r in b.records]
-    assert sorted(every) == list(range(len(_rows(abstracts))))
+            every.update((r.index, r.text) for r in b.records)
+    assert sorted(every) == list(range(300, len(rows)))
+    assert all(every[i] == rows[i][TEXT] for i in every)
 
 
 # ---- kill and resume ----------------------------------------------------------------------------------

@@ -224,6 +224,7 @@ def _jsonl_records(path, gz, text_column, label_column, label_sep, start, want, 
 
 
 def _parquet_records(path, gz, text_column, label_column, label_sep, start, want, where, batch_rows=8192):
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     src = gzip.open(path, "rb") if gz else path
@@ -246,12 +247,19 @@ def _parquet_records(path, gz, text_column, label_column, label_sep, start, want
         for batch in pf.iter_batches(
             batch_size=batch_rows, row_groups=[rg], columns=[text_column, label_column]
         ):
+            n = batch.num_rows
+            # only the wanted rows (this rank's, from the resume point) become Python objects, the costly
+            # part; the others are dropped in Arrow
+            mine = [i for i in range(index, index + n) if i >= start and (want is None or want(i))]
+            first, index = index, index + n
+            if not mine:
+                continue
+            if len(mine) < n:
+                batch = batch.take(pa.array([i - first for i in mine], type=pa.int64()))
             texts = batch.column(text_column).to_pylist()
             cells = batch.column(label_column).to_pylist()
-            for t, c in zip(texts, cells):
-                if index >= start and (want is None or want(index)):
-                    yield _make(index, index + 1, t, c, label_sep)
-                index += 1
+            for i, t, c in zip(mine, texts, cells):
+                yield _make(i, i + 1, t, c, label_sep)
 
 
 def iter_records(
