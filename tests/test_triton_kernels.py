@@ -178,6 +178,34 @@ def test_row_adam_launcher_errors_and_empty(tk, monkeypatch):
     tk[1].row_adam_(p, g, rows[:0], empty, empty.clone(), step, *args)   # K = 0: nothing to do
 
 
+@pytest.mark.parametrize("gathered", [False, True], ids=["dense", "gathered"])
+def test_row_adam_skips_out_of_range_rows(tk, gathered):
+    # With validation off (STEU_EXT_VALIDATE=0) bad row ids reach the kernel: like the CUDA kernel it must
+    # skip them (their state rows stay as they were), never read or write outside the table. The table is
+    # a view into a larger buffer so that rows -1 and V would land on the guard rows around it.
+    V, D = 5, 8
+    buf = torch.randn(V + 2, D, device=DEVICE)
+    gbuf = torch.randn(V + 2, D, device=DEVICE)
+    param, grad = buf[1:V + 1], gbuf[1:V + 1]
+    rows = torch.tensor([1, -1, V, 3], device=DEVICE)
+    ok = torch.tensor([0, 3], device=DEVICE)                 # positions k of the valid rows
+    K = rows.numel()
+    g = torch.randn(K, D, device=DEVICE) if gathered else grad
+    m0, v0 = torch.randn(K, D, device=DEVICE), torch.rand(K, D, device=DEVICE)
+    before = buf.clone()
+    m, v = m0.clone(), v0.clone()
+    args = (1e-2, 0.9, 0.999, 1e-8, 0.0, False, False, gathered)
+    tk[1].row_adam_(param, g, rows, m, v, torch.tensor(2.0, device=DEVICE), *args)
+    want_p, want_m, want_v = before[1:V + 1].clone(), m0[ok].clone(), v0[ok].clone()
+    ref_ra.row_adam_(want_p, g[ok] if gathered else g, rows[ok], want_m, want_v,
+                     torch.tensor(2.0, device=DEVICE), *args)
+    assert torch.equal(buf[0], before[0]) and torch.equal(buf[-1], before[-1])   # guard rows untouched
+    torch.testing.assert_close(param, want_p, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(m[ok], want_m, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(v[ok], want_v, rtol=1e-6, atol=1e-7)
+    assert torch.equal(m[1:3], m0[1:3]) and torch.equal(v[1:3], v0[1:3])        # skipped rows' state
+
+
 # ----------------------------------------------------------------------------------------- grad_project
 def _mixed_list(aligned):
     """Tensors spanning several chunks, several dtypes and an empty one; all lengths multiples of 16 (and
@@ -308,9 +336,9 @@ def _hopper_report():
                                     dict(ROWS=1, BLOCK_L=64, LOG_R=0, LOG_L=6, PRESORTED=True), dc_al)
 
     ra_sig = dict(param_ptr="*bf16", grad_ptr="*bf16", rows_ptr="*i64", exp_avg_ptr="*fp32",
-                  exp_avg_sq_ptr="*fp32", step_ptr="*fp32", K="i32", D="i32", lr="fp64", ln_beta1="fp64",
-                  ln_beta2="fp64", w1="fp32", beta2="fp32", one_minus_beta2="fp32", eps="fp32",
-                  weight_decay="fp32", decay="fp32")
+                  exp_avg_sq_ptr="*fp32", step_ptr="*fp32", V="i32", K="i32", D="i32", lr="fp64",
+                  ln_beta1="fp64", ln_beta2="fp64", w1="fp32", beta2="fp32", one_minus_beta2="fp32",
+                  eps="fp32", weight_decay="fp32", decay="fp32")
     ra_const = dict(DECOUPLED=True, MAXIMIZE=False, GATHERED=False, HAS_WD=True, PARAM_BF16=True, BLOCK_K=1,
                     BLOCK_D=1024)
     out["row_adam"] = c(ra._row_adam_kernel, ra_sig, ra_const, list(ra_sig)[:6] + ["D"])

@@ -47,7 +47,7 @@ _CACHE: OrderedDict = OrderedDict()
 
 
 @triton.jit
-def _row_adam_kernel(param_ptr, grad_ptr, rows_ptr, exp_avg_ptr, exp_avg_sq_ptr, step_ptr, K, D,
+def _row_adam_kernel(param_ptr, grad_ptr, rows_ptr, exp_avg_ptr, exp_avg_sq_ptr, step_ptr, V, K, D,
                      lr: tl.float64, ln_beta1: tl.float64, ln_beta2: tl.float64,
                      w1, beta2, one_minus_beta2, eps, weight_decay, decay,
                      DECOUPLED: tl.constexpr, MAXIMIZE: tl.constexpr, GATHERED: tl.constexpr,
@@ -56,8 +56,11 @@ def _row_adam_kernel(param_ptr, grad_ptr, rows_ptr, exp_avg_ptr, exp_avg_sq_ptr,
     k = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     k_ok = k < K
-    ok = k_ok[:, None] & (d < D)[None, :]
     row = tl.load(rows_ptr + k, mask=k_ok, other=0)
+    # The Python wrapper rejects out-of-range rows (unless validation is off); skip them here rather than
+    # read and write out of bounds, as the CUDA kernel does.
+    k_ok = k_ok & (row >= 0) & (row < V)
+    ok = k_ok[:, None] & (d < D)[None, :]
     p_off = row[:, None] * D + d[None, :]
     s_off = k[:, None] * D + d[None, :]
     if GATHERED:
@@ -141,7 +144,7 @@ def row_adam_(param: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor, exp_a
     grid = (triton.cdiv(K, block_k), triton.cdiv(D, block_d))
     with device_guard(device):
         _row_adam_kernel[grid](
-            param, grad, rows, exp_avg, exp_avg_sq, step, K, D,
+            param, grad, rows, exp_avg, exp_avg_sq, step, V, K, D,
             lr, ln_or_neg_inf(beta1), ln_or_neg_inf(beta2),
             1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, 1.0 - lr * weight_decay,
             DECOUPLED=bool(decoupled), MAXIMIZE=bool(maximize), GATHERED=bool(grad_gathered),
