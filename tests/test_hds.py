@@ -1,10 +1,16 @@
 """HDS: token weights from the concept hierarchy, the geometric constraint (the update's retain-gradient
-component is removed), configuration errors, the HF trainer, the CLI, and one end-to-end run on a
-PubMedQA subset (slow)."""
+component is removed), bf16 (autocast and bf16 base weights), configuration errors, the HF trainer (bf16,
+refused setups, and, slow, DDP with torchrun on CPU equal to one process), the CLI, and end-to-end runs on
+a PubMedQA subset in fp32 and bf16 (slow)."""
 from __future__ import annotations
 
+import copy
 import json
 import os
+import socket
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -199,6 +205,8 @@ def test_unlearn_returns_a_copy_and_counts_exactly(tiny):
     ({"lora_targets": ["c_attn"]}, "match no module"),
     ({"forget_domains": ["cardiology"]}, "not in the hierarchy"),
     ({"epochs": 0}, "epochs must be an int >= 1"),
+    ({"autocast_dtype": "float16"}, "float16' is not supported: fp16 needs loss scaling"),
+    ({"autocast_dtype": "int8"}, "autocast_dtype must be None or one of"),
 ])
 def test_bad_config_is_rejected_before_training(tiny, kw, msg):
     model, tok = tiny
@@ -245,9 +253,262 @@ def test_hds_trainer_trains_checkpoints_and_resumes(tiny, tmp_path):
     a, b = tr.unlearned_model(), tr2.unlearned_model()
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=n)   # resumed run ends where the full run did
-    with pytest.raises(ValueError, match="fp16/bf16"):
-        HDSTrainer(model, TrainingArguments(output_dir=str(tmp_path / "c"), use_cpu=True, bf16=True),
-                   processing_class=tok, forget_items=ITEMS[:3], retain_items=ITEMS[3:])
+
+
+# --------------------------------------------------------------------------------------------------
+# bf16: autocast, bf16 parameters and base weights; the trainer's precision and parallelism options
+
+
+@pytest.fixture
+def grad_project_dtypes(monkeypatch):
+    """Records the dtypes of every list that reaches ``grad_project_`` (and still runs it)."""
+    seen = []
+    real = hds.grad_project_
+
+    def spy(grads, ref, fisher=None, **kw):
+        seen.append({t.dtype for t in list(grads) + list(ref) + list(fisher or [])})
+        return real(grads, ref, fisher, **kw)
+
+    monkeypatch.setattr(hds, "grad_project_", spy)
+    return seen
+
+
+def test_projection_in_fp32_for_bf16_parameters(tiny, grad_project_dtypes):
+    """Every trainable tensor bf16, forward under bf16 autocast: g_f and g_r are projected in fp32 against
+    an fp32 Fisher EMA, and the update lands in ``.grad`` as bf16, orthogonal to g_r up to bf16 rounding."""
+    model, tok = tiny
+    model = hds.wrap_lora(copy.deepcopy(model), hds.HDSConfig(lora_r=2)).to(torch.bfloat16)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert {p.dtype for p in params} == {torch.bfloat16}
+    cfg = hds.HDSConfig(forget_loss="ga", projection="always", retain_weight=0.0, autocast_dtype="bfloat16")
+    fb, rb = _batches(tok, cfg)
+    g = hds.HDSGradient(cfg, params)
+    lf, lk = g.losses(model, fb, rb)
+    gf = [x.float() for x in _grads(model, params, lf)]
+    gr = [x.float() for x in _grads(model, params, lk)]
+    g.accumulate(model, fb, rb)
+    assert grad_project_dtypes == [{torch.float32}]
+    assert {f.dtype for f in g.fisher} == {torch.float32}
+    assert {p.grad.dtype for p in params} == {torch.bfloat16}
+    F = [x * x for x in gr]
+    c = _dot(gf, gr, F) / _dot(gr, gr, F)
+    assert abs(c) > 1e-3                                                 # something was removed
+    for p, a, b in zip(params, gf, gr):
+        torch.testing.assert_close(p.grad, (a - c * b).to(torch.bfloat16), rtol=1e-2, atol=1e-6)
+    upd = [p.grad.float() for p in params]
+    assert abs(_dot(upd, gr, F)) <= 1e-2 * (_dot(gf, gf, F) * _dot(gr, gr, F)) ** 0.5
+
+
+def test_bf16_base_weights(tiny, grad_project_dtypes):
+    """A model loaded in bf16, with LoRA (peft keeps the adapters fp32) and with every parameter training
+    (bf16 gradients), with and without autocast: HDS trains, its losses follow the fp32 run's, only fp32
+    reaches the projection, and the caller's bf16 model is untouched."""
+    model, tok = tiny
+    base = copy.deepcopy(model).to(torch.bfloat16)
+    before = {n: p.detach().clone() for n, p in base.named_parameters()}
+    refs = {}
+    for adapter, autocast in (("lora", "bfloat16"), ("lora", None), ("none", "bfloat16")):
+        cfg = hds.HDSConfig(epochs=5, batch_size=3, lora_r=2, adapter=adapter, lr=1e-2 if adapter == "lora" else 1e-3)
+        if adapter not in refs:   # fp32 weights, no autocast
+            refs[adapter] = hds.unlearn(model, tok, ITEMS[:3], ITEMS[3:], hierarchy=HIER, config=cfg)
+        ref = refs[adapter]
+        cfg.autocast_dtype = autocast
+        res = hds.unlearn(base, tok, ITEMS[:3], ITEMS[3:], hierarchy=HIER, config=cfg)
+        assert next(res.model.parameters()).dtype == torch.bfloat16
+        if adapter == "lora":
+            assert {t.dtype for t in res.adapter.values()} == {torch.float32}
+        f = [h["forget_loss"] for h in res.history]
+        assert f[0] == pytest.approx(2 / 0.1 * 0.6931, rel=1e-3) and f[-1] < f[0] - 0.2, f   # NPO descends
+        for h, r in zip(res.history, ref.history):
+            assert h["forget_loss"] == pytest.approx(r["forget_loss"], rel=0.01)
+            assert h["keep_loss"] == pytest.approx(r["keep_loss"], rel=0.01)
+        assert res.params["modified"] > 0 and res.params["merged_modified"] > 0
+    assert grad_project_dtypes and all(d == {torch.float32} for d in grad_project_dtypes)
+    assert all(p.dtype == torch.bfloat16 and torch.equal(p, before[n]) for n, p in base.named_parameters())
+
+
+def _hds_trainer(model, tok, out, hds_config=None, **kw):
+    from transformers import TrainingArguments
+
+    from steu_ext.integrations.hf import HDSTrainer
+
+    base = dict(output_dir=str(out), max_steps=3, per_device_train_batch_size=2, save_strategy="no",
+                logging_steps=1, use_cpu=True, report_to=[], lr_scheduler_type="constant", seed=0,
+                disable_tqdm=True)
+    base.update(kw)
+    return HDSTrainer(model, TrainingArguments(**base), processing_class=tok, forget_items=ITEMS[:3],
+                      retain_items=ITEMS[3:], hierarchy=HIER,
+                      hds_config=hds_config or hds.HDSConfig(lora_r=2, lr=1e-2))
+
+
+def test_hds_trainer_bf16(tiny, tmp_path):
+    """``bf16=True``: the forward passes run in bf16 (a hook on a LoRA-wrapped linear sees bf16 outputs),
+    the trainable tensors, their gradients and the Fisher EMA stay fp32, and the run follows the fp32 run."""
+    model, tok = tiny
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    runs = {}
+    for bf16 in (False, True):
+        cfg = hds.HDSConfig(lora_r=2, lr=1e-2)
+        tr = _hds_trainer(model, tok, tmp_path / str(bf16), hds_config=cfg, bf16=bf16)
+        assert tr.hds_config.autocast_dtype == ("bfloat16" if bf16 else None) and cfg.autocast_dtype is None
+        out_dtypes = set()
+        lin = next(m for m in tr.model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer"))
+        lin.register_forward_hook(lambda mod, i, o: out_dtypes.add(o.dtype))
+        grad_dtypes = set()
+        tr.create_optimizer().register_step_pre_hook(
+            lambda opt, a, k: grad_dtypes.update(p.grad.dtype for p in tr.hds_grad.params))
+        tr.train()
+        assert out_dtypes == {torch.bfloat16 if bf16 else torch.float32}
+        assert {p.dtype for p in tr.hds_grad.params} == grad_dtypes == {torch.float32}
+        assert {f.dtype for f in tr.hds_grad.fisher} == {torch.float32}
+        runs[bf16] = [h["loss"] for h in tr.state.log_history if "loss" in h]
+        assert tr.params_report()["modified"] > 0
+    assert len(runs[True]) == 3 and runs[True] != runs[False]                  # autocast changed something ...
+    assert runs[True] == pytest.approx(runs[False], rel=1e-2)                  # ... by bf16 rounding only
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_hds_trainer_refuses_fp16_fsdp_deepspeed(tiny, tmp_path):
+    from transformers import TrainingArguments
+
+    model, tok = tiny
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="does not support fp16: fp16 needs loss scaling"):
+        _hds_trainer(model, tok, tmp_path / "a", fp16=True)
+    with pytest.raises(ValueError, match="does not support FSDP"):
+        _hds_trainer(model, tok, tmp_path / "b", fsdp=True)
+    args = TrainingArguments(output_dir=str(tmp_path / "c"), use_cpu=True, report_to=[])
+    args.deepspeed = {"zero_optimization": {"stage": 2}}   # (building it for real needs deepspeed installed)
+    from steu_ext.integrations.hf import HDSTrainer
+
+    with pytest.raises(ValueError, match="does not support DeepSpeed"):
+        HDSTrainer(model, args, processing_class=tok, forget_items=ITEMS[:3], retain_items=ITEMS[3:])
+    with pytest.raises(ValueError, match="autocast_dtype='float16' is not supported"):
+        HDSTrainer(model, TrainingArguments(output_dir=str(tmp_path / "d"), use_cpu=True, report_to=[]),
+                   processing_class=tok, forget_items=ITEMS[:3], retain_items=ITEMS[3:],
+                   hds_config=hds.HDSConfig(autocast_dtype="float16"))
+    # without a process group, a distributed HDSGradient says so instead of computing a local update
+    work = hds.wrap_lora(copy.deepcopy(model), hds.HDSConfig(lora_r=2))
+    g = hds.HDSGradient(hds.HDSConfig(), [p for p in work.parameters() if p.requires_grad], distributed=True)
+    fb, rb = _batches(tok, hds.HDSConfig())
+    with pytest.raises(RuntimeError, match="process group"):
+        g.accumulate(work, fb, rb)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+# DDP: the same HDSTrainer script run by one process (batch 2b) and by torchrun with 2 gloo processes
+# (batch b each); rank 0 writes what it trained and the examples every rank saw
+
+_DDP_WORKER = textwrap.dedent("""
+    import json, os, sys, torch, torch.distributed as dist
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+    from steu_ext.data.concepts import ConceptHierarchy
+    from steu_ext.data.qa import QAItem
+    from steu_ext.integrations import hf
+    from steu_ext.methods.hds import HDSConfig
+
+    base, data, out, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    d = json.load(open(data))
+    items = lambda rows: [QAItem(r["id"], r["question"], tuple(r["options"]), r["answer"]) for r in rows]
+    seen = []                       # (epoch, forget index) of every example this process loads
+    get = hf.HDSPairDataset.__getitem__
+    hf.HDSPairDataset.__getitem__ = lambda self, i: (seen.append((self.epoch, int(i))), get(self, i))[1]
+    model, tok = AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    args = TrainingArguments(output_dir=out, num_train_epochs=2, per_device_train_batch_size=batch,
+                             use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no",
+                             logging_steps=1, seed=0, lr_scheduler_type="constant",
+                             ddp_backend="gloo" if distributed else None)
+    t = hf.HDSTrainer(model, args, processing_class=tok, forget_items=items(d["forget"]),
+                      retain_items=items(d["retain"]), hierarchy=ConceptHierarchy.from_dict(d["hierarchy"]),
+                      hds_config=HDSConfig(**d["config"]))
+    t.train()
+    trained = {n: p.detach().clone() for n, p in t.accelerator.unwrap_model(t.model).named_parameters()
+               if p.requires_grad}
+    res = {"world": args.world_size, "wrapped": type(t.model_wrapped).__name__, "params": trained,
+           "fisher": [f.clone() for f in t.hds_grad.fisher], "seen": [seen], "same": True,
+           "loss": [h["loss"] for h in t.state.log_history if "loss" in h]}
+    if distributed:
+        flat = torch.cat([p.reshape(-1) for p in trained.values()] + [f.reshape(-1) for f in res["fisher"]])
+        every = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+        dist.all_gather(every, flat)
+        res["same"] = all(torch.equal(every[0], f) for f in every)
+        res["seen"] = [None] * dist.get_world_size()
+        dist.all_gather_object(res["seen"], seen)
+    if args.process_index == 0:
+        torch.save(res, os.path.join(out, "result.pt"))
+""")
+
+
+@pytest.mark.slow
+def test_hds_trainer_ddp_two_processes_equals_one(tiny, tmp_path):
+    """torchrun with 2 gloo processes on batches of 2 each ends with the same LoRA weights and Fisher EMA
+    (max abs difference ~1e-7) as one process on batches of 4.
+
+    Why the runs are exactly comparable: the Trainer's seeded sampler draws the same permutation of the 8
+    forget examples in both runs, and accelerate's batch sharding gives rank r the per-rank batches
+    r, r + 2, ... of that permutation, so global step k covers the same 4 examples as the one-process
+    step k (asserted from what each process loaded); the retain partner of an example depends only on
+    (seed, epoch, index); LoRA is initialised from the same seed. The questions differ in length and in
+    tagged concepts, so the ranks' token-weight sums differ: the losses must be normalised over the global
+    batch (and the gradients summed) to match one process, a plain average of per-rank means does not
+    (it differs by ~3e-2 here). The config (GA, projection always, Fisher, clip + noise) makes every
+    rank-dependent part count: Fisher EMA and projection on the global gradients, global clip norm, and
+    the same noise draws on every rank."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    model, tok = tiny
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    tok.save_pretrained(base)
+    suffix = ["", " now", " in cells", " at risk today", " again", " here and there", " for patients", " too"]
+
+    def rows(offset, tag):
+        return [{"id": f"{tag}{k}", "question": QUESTIONS[offset + k % 3][0] + suffix[k],
+                 "options": ["yes", "no", "maybe"], "answer": (QUESTIONS[offset + k % 3][1] + k) % 3}
+                for k in range(8)]
+
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps({
+        "forget": rows(0, "f"), "retain": rows(3, "r"),
+        "hierarchy": {"concepts": [{"concept": c.name, "level": c.level, "domain": c.domain,
+                                    "terms": list(c.terms)} for c in HIER.concepts]},
+        "config": {"lora_r": 2, "lr": 1e-2, "forget_loss": "ga", "projection": "always", "clip_norm": 1.0,
+                   "noise_multiplier": 0.01}}))
+    worker = tmp_path / "worker.py"
+    worker.write_text(_DDP_WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    cmds = {1: [sys.executable, str(worker), str(base), str(data), str(tmp_path / "one"), "4"],
+            2: [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+                "127.0.0.1", "--master-port", str(port), str(worker), str(base), str(data), str(tmp_path / "two"),
+                "2"]}
+    procs = {n: subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for n, c in cmds.items()}
+    for n, p in procs.items():
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, f"{n} process(es):\n{out[-4000:]}"
+    one = torch.load(tmp_path / "one" / "result.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "result.pt", weights_only=True)
+    assert one["world"] == 1 and two["world"] == 2 and two["wrapped"] == "DistributedDataParallel"
+    assert two["same"]                                    # every rank holds the same weights and Fisher EMA
+    # global step k saw the same examples: rank 0's batch then rank 1's == the one-process batch
+    steps_one = [one["seen"][0][i:i + 4] for i in range(0, 16, 4)]
+    steps_two = [two["seen"][0][i:i + 2] + two["seen"][1][i:i + 2] for i in range(0, 8, 2)]
+    assert steps_one == steps_two and len(steps_one) == 4
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)   # the logged loss is the global batch's
+    assert one["params"].keys() == two["params"].keys()
+    moved = max(float(p.abs().max()) for p in one["params"].values())
+    diff = max(float((one["params"][n] - two["params"][n]).abs().max()) for n in one["params"])
+    assert diff <= 1e-6 * max(moved, 1.0), diff
+    for a, b in zip(one["fisher"], two["fisher"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12)
 
 
 def test_cli_hds(tmp_path):
@@ -293,38 +554,49 @@ def pubmedqa_path():
     return p
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny matrices: one intra-op thread is as fast and does not fight other processes for the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.mark.slow
-def test_end_to_end_pubmedqa_forgets_surgery_and_beats_ga(pubmedqa_path, one_thread):
+@pytest.fixture(scope="module")
+def pubmedqa_run(pubmedqa_path):
     """Teach a tiny Llama 24 surgical + 72 other PubMedQA questions (>= 90 % answered), then unlearn the
-    surgical ones (24 never-seen surgical questions are the MIA non-members). "Same forgetting": HDS and
-    plain GA both train until their forgetting rate reaches a target, checked after every epoch: HDS 0.8,
-    GA then the rate HDS achieved; preservation is compared there (GA may overshoot by up to one epoch)."""
+    surgical ones with HDS in fp32 until the forgetting rate reaches 0.8 (checked after every epoch; 24
+    never-seen surgical questions are the MIA non-members). Shared by the fp32 and bf16 end-to-end tests.
+    Tiny matrices: one intra-op thread is as fast and does not fight other processes for the cores."""
     from steu_ext.data.qa import load_pubmedqa, split_domain, subsample
     from steu_ext.eval.qa import continuation_of, evaluate_qa, prompt_of
 
-    items = load_pubmedqa(pubmedqa_path)
-    f, r = split_domain(items)
-    f, retain = subsample(f, None, 0), subsample(r, 72, 0)
-    forget, never = f[:24], f[24:48]
-    model, tok = hds.tiny_causal_lm([prompt_of(i) + continuation_of(i) for i in items], hidden=64)
-    taught = hds.teach(model, tok, forget + retain, check_every=10)
-    assert taught["accuracy"] >= 0.9
-    before = evaluate_qa(model, tok, forget, retain, never)
-    hierarchy = load_hierarchy(example_hierarchy_path())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        items = load_pubmedqa(pubmedqa_path)
+        f, r = split_domain(items)
+        f, retain = subsample(f, None, 0), subsample(r, 72, 0)
+        forget, never = f[:24], f[24:48]
+        model, tok = hds.tiny_causal_lm([prompt_of(i) + continuation_of(i) for i in items], hidden=64)
+        taught = hds.teach(model, tok, forget + retain, check_every=10)
+        before = evaluate_qa(model, tok, forget, retain, never)
+        hierarchy = load_hierarchy(example_hierarchy_path())
+        res = hds.unlearn(model, tok, forget, retain, hierarchy=hierarchy,
+                          config=hds.HDSConfig(epochs=60, forget_domains=["surgery"]),
+                          monitor=hds.forgetting_monitor(tok, forget, before["forget_acc"], 0.8))
+        after = evaluate_qa(res.model, tok, forget, retain, never, before=before)
+        yield dict(model=model, tok=tok, forget=forget, retain=retain, never=never, taught=taught, before=before,
+                   hierarchy=hierarchy, res=res, after=after)
+    finally:
+        torch.set_num_threads(threads)
 
-    cfg = hds.HDSConfig(epochs=60, forget_domains=["surgery"])
-    res = hds.unlearn(model, tok, forget, retain, hierarchy=hierarchy, config=cfg,
-                      monitor=hds.forgetting_monitor(tok, forget, before["forget_acc"], 0.8))
-    after = evaluate_qa(res.model, tok, forget, retain, never, before=before)
+
+@pytest.mark.slow
+def test_end_to_end_pubmedqa_forgets_surgery_and_beats_ga(pubmedqa_run):
+    """HDS (fp32) reaches a forgetting rate of 0.8 with preservation >= 0.9. "Same forgetting": plain GA
+    then trains until it reaches the rate HDS achieved; preservation is compared there (GA may overshoot by
+    up to one epoch)."""
+    from steu_ext.eval.qa import evaluate_qa
+
+    r = pubmedqa_run
+    model, tok, forget, retain, never, before = (r[k] for k in ("model", "tok", "forget", "retain", "never",
+                                                                  "before"))
+    assert r["taught"]["accuracy"] >= 0.9
+    res, after = r["res"], r["after"]
     assert after["forgetting_rate"] >= 0.8
     assert after["preservation"] >= 0.9
     assert res.params["percent"] < 5.0 and res.params["modified"] <= res.params["trainable"]
@@ -335,3 +607,31 @@ def test_end_to_end_pubmedqa_forgets_surgery_and_beats_ga(pubmedqa_path, one_thr
     ga_after = evaluate_qa(ga.model, tok, forget, retain, never, before=before)
     assert ga_after["forgetting_rate"] >= after["forgetting_rate"]          # GA reached the same forgetting
     assert after["preservation"] > ga_after["preservation"]
+
+
+@pytest.mark.slow
+def test_end_to_end_pubmedqa_bf16(pubmedqa_run):
+    """What users run on GPUs: the taught model loaded in bf16 and trained under bf16 autocast (LoRA
+    adapters fp32, merged into the bf16 weights at the end). Same protocol as the fp32 run: HDS still
+    reaches a forgetting rate of 0.8 and preserves the other questions about as well as fp32 (measured
+    here: both forget 0.826 with preservation 1.04; the bf16 run needs a few epochs fewer or more)."""
+    from steu_ext.eval.qa import evaluate_qa
+
+    r = pubmedqa_run
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = copy.deepcopy(r["model"]).to(torch.bfloat16)
+        before = evaluate_qa(model, r["tok"], r["forget"], r["retain"], r["never"])
+        assert before["forget_acc"] >= 0.9 and before["retain_acc"] >= 0.9     # bf16 rounding kept the knowledge
+        cfg = hds.HDSConfig(epochs=60, forget_domains=["surgery"], autocast_dtype="bfloat16")
+        res = hds.unlearn(model, r["tok"], r["forget"], r["retain"], hierarchy=r["hierarchy"], config=cfg,
+                          monitor=hds.forgetting_monitor(r["tok"], r["forget"], before["forget_acc"], 0.8))
+        after = evaluate_qa(res.model, r["tok"], r["forget"], r["retain"], r["never"], before=before)
+    finally:
+        torch.set_num_threads(threads)
+    assert next(res.model.parameters()).dtype == torch.bfloat16
+    assert after["forgetting_rate"] >= 0.8                          # measured on the merged bf16 model
+    assert after["preservation"] >= 0.9
+    assert after["preservation"] >= r["after"]["preservation"] - 0.05
+    assert res.params["percent"] < 5.0

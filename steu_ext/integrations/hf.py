@@ -701,6 +701,24 @@ class _HDSCallback(TrainerCallback):
             self.trainer.save_hds_state(ckpt)
 
 
+_HDS_UNSUPPORTED_DIST = ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA")
+_HDS_DIST_WHY = ("HDS reads and writes every trainable tensor whole on each rank: its two torch.autograd.grad "
+                 "passes and the projection need unsharded parameters and gradients")
+
+
+def _check_hds_args(args: TrainingArguments) -> None:
+    """``ValueError`` for the TrainingArguments HDSTrainer cannot honour (checked before any work)."""
+    if args.fp16:
+        raise ValueError("HDSTrainer does not support fp16: fp16 needs loss scaling, and the Trainer's "
+                         "GradScaler only scales loss.backward(), which HDS's two torch.autograd.grad passes "
+                         "bypass (gradients could underflow, overflowing steps would not be skipped); "
+                         "use bf16=True (A100/H100 and newer) or full precision")
+    if args.fsdp:
+        raise ValueError(f"HDSTrainer does not support FSDP ({_HDS_DIST_WHY}); use DDP (torchrun)")
+    if getattr(args, "deepspeed", None):
+        raise ValueError(f"HDSTrainer does not support DeepSpeed ({_HDS_DIST_WHY}); use DDP (torchrun)")
+
+
 class HDSTrainer(Trainer):
     """HDS (:mod:`steu_ext.methods.hds`) in the Hugging Face ``Trainer`` loop.
 
@@ -723,14 +741,28 @@ class HDSTrainer(Trainer):
     at once and ``p.grad += (g_f' + lambda g_r) / grad_accum``; the Trainer then clips
     (``max_grad_norm``) and steps. Dropout is off (eval mode) so the frozen parts compute what the
     original did. Checkpoints carry ``hds_state.safetensors`` (the Fisher EMA); resuming restores it.
-    Not supported (``ValueError``): DDP/FSDP/DeepSpeed (the separate backward passes bypass DDP's
-    gradient hooks) and fp16/bf16 autocast.
+    The LoRA adapters are initialised after seeding with ``TrainingArguments.seed``.
+
+    * **bf16**: ``bf16=True`` (or ``HDSConfig.autocast_dtype="bfloat16"``) runs the forward passes under
+      bf16 autocast; a base model loaded in bf16 works too. Gradients are taken to fp32 for the Fisher
+      EMA (fp32) and the projection, and cast back to each parameter's dtype in ``.grad``.
+    * **DDP** (``torchrun``, any number of processes): the gradients are computed on the unwrapped module
+      (DDP's hooks see no ``backward``), with the losses normalised over the global batch, then g_f, g_r
+      and the losses are summed across ranks in one flat ``all_reduce`` before the Fisher EMA and the
+      projection. Every rank applies the same update, the one a single process would compute on the
+      concatenated batches.
+    * Not supported (``ValueError``): fp16 (needs loss scaling; the Trainer's GradScaler only scales
+      ``loss.backward()``, which HDS does not call, so fp16 gradients could underflow and overflowing
+      steps would not be skipped; use bf16), FSDP and DeepSpeed (they shard or own the parameters and
+      gradients, which HDS reads and writes as whole tensors on every rank).
     """
 
     def __init__(self, model: Optional[nn.Module] = None, args: Optional[TrainingArguments] = None, *,
                  processing_class=None, forget_items: Sequence[Any] = (), retain_items: Sequence[Any] = (),
                  hierarchy=None, hds_config=None, **kwargs):
-        from ..methods.hds import HDSGradient, prepare
+        from transformers import set_seed
+
+        from ..methods.hds import HDSConfig, HDSGradient, prepare
 
         if model is None:
             raise ValueError("HDSTrainer needs the model to unlearn")
@@ -741,14 +773,14 @@ class HDSTrainer(Trainer):
             raise TypeError("HDSTrainer needs a fast tokenizer (offset mapping)")
         if args is None:
             args = TrainingArguments(output_dir="tmp_trainer")
-        if args.fsdp or getattr(args, "deepspeed", None) or args.world_size > 1:
-            raise ValueError("HDSTrainer runs on one process (no DDP/FSDP/DeepSpeed): its two backward passes "
-                             "use torch.autograd.grad, which DDP's gradient hooks do not see")
-        if args.fp16 or args.bf16:
-            raise ValueError("HDSTrainer does not support fp16/bf16 autocast")
+        _check_hds_args(args)
         if "data_collator" in kwargs or "train_dataset" in kwargs:
             raise ValueError("HDSTrainer builds its own training dataset and collator")
-        plan = prepare(model, tokenizer, forget_items, retain_items, hierarchy=hierarchy, config=hds_config,
+        cfg = copy.deepcopy(hds_config) if hds_config is not None else HDSConfig()
+        if args.bf16:
+            cfg.autocast_dtype = "bfloat16"
+        set_seed(args.seed)   # the LoRA initialisation: the same in every process and every run
+        plan = prepare(model, tokenizer, forget_items, retain_items, hierarchy=hierarchy, config=cfg,
                        original_device="cpu")
         cfg, fex, rex, pad = plan.config, plan.forget_examples, plan.retain_examples, plan.pad_id
         work, reference, self._original = plan.model, plan.reference, plan.original
@@ -757,11 +789,15 @@ class HDSTrainer(Trainer):
         super().__init__(model=work, args=args, data_collator=HDSCollator(pad),
                          train_dataset=HDSPairDataset(fex, rex, seed=seed), processing_class=processing_class,
                          **kwargs)
+        kind = getattr(self.accelerator.distributed_type, "name", str(self.accelerator.distributed_type))
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled or kind in _HDS_UNSUPPORTED_DIST:
+            raise ValueError(f"HDSTrainer does not support {kind} ({_HDS_DIST_WHY}); use DDP (torchrun)")
         if reference is not None:
             reference.to(self.args.device)
         self._trainable_before = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters()
                                   if p.requires_grad}
-        self.hds_grad = HDSGradient(cfg, [p for p in self.model.parameters() if p.requires_grad], reference)
+        self.hds_grad = HDSGradient(cfg, [p for p in self.model.parameters() if p.requires_grad], reference,
+                                    distributed=self.args.world_size > 1)
         self.add_callback(_HDSCallback(self))
 
     def create_optimizer(self, model=None):
@@ -776,6 +812,8 @@ class HDSTrainer(Trainer):
         model.eval()   # dropout off
         inputs = self._prepare_inputs(inputs)
         scale = 1.0 / max(int(getattr(self, "current_gradient_accumulation_steps", 1) or 1), 1)
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module   # no DDP forward: HDSGradient sums the gradients across ranks itself
         terms = self.hds_grad.accumulate(model, inputs["hds_forget"], inputs["hds_retain"], scale)
         return (terms["forget_loss"] + self.hds_config.retain_weight * terms["keep_loss"]) * scale
 
@@ -828,7 +866,7 @@ class HDSTrainer(Trainer):
             n = int((f.metadata() or {}).get("n", "0"))
             if n and n != len(self.hds_grad.params):
                 raise ValueError(f"{path} holds {n} Fisher tensors, the model trains {len(self.hds_grad.params)}")
-            self.hds_grad.fisher = ([f.get_tensor(f"fisher.{i}").to(p.device) for i, p in
+            self.hds_grad.fisher = ([f.get_tensor(f"fisher.{i}").to(p.device, torch.float32) for i, p in
                                      enumerate(self.hds_grad.params)] if n else None)
         return True
 

@@ -24,6 +24,19 @@ Per step, with a forget batch (items of the forget domain) and a retain batch:
 * **DP-style noise** (optional): the batch update is clipped to ``clip_norm`` and Gaussian noise of
   std ``noise_multiplier * clip_norm`` is added. Clipping is per batch, not per example, and no
   accountant runs: **no privacy guarantee or budget is claimed**.
+* **precision**: ``autocast_dtype="bfloat16"`` runs the forward passes (and NPO's reference sums) under
+  bf16 autocast; the losses are computed from fp32 logits. Base weights may already be bf16 (peft keeps
+  LoRA adapters fp32 by default). Whatever the parameters' dtype, g_f and g_r are taken to fp32 before the
+  Fisher EMA (kept fp32), the projection, clipping and noise, and the update is cast back to the
+  parameter's dtype in ``.grad``. fp16 is refused: it needs loss scaling, which the two
+  ``torch.autograd.grad`` passes would have to do themselves (the HF Trainer's GradScaler only sees
+  ``loss.backward()``), and bf16 covers the GPUs HDS targets.
+* **data parallelism** (``HDSGradient(distributed=True)``, used by ``HDSTrainer`` under torchrun/DDP):
+  each rank computes g_f and g_r of its own batch on the unwrapped module, the losses' normalisers (token
+  weight sums, forget batch size) are summed across ranks first, so each rank's loss is its share of the
+  global loss; g_f, g_r and the two loss values are then summed in one flat fp32 ``all_reduce``. Every
+  rank thus projects the gradients of the global batch and applies the same update, equal to one process
+  running that batch.
 
 :func:`unlearn` returns a new model (the caller's model is not modified). GA, NPO and GradDiff are
 configurations of the same loop (:func:`baseline_config`). :func:`tiny_causal_lm` and :func:`teach` build
@@ -32,6 +45,7 @@ the small randomly initialised LM of the offline protocol.
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import logging
 import random
@@ -55,6 +69,7 @@ __all__ = ["HDSConfig", "HDSResult", "HDSGradient", "encode_examples", "collate"
            "forget_objective", "keep_nll", "forgetting_monitor"]
 
 FORGET_LOSSES = ("ga", "npo")
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16}
 RETAIN_LOSSES = ("nll", "kl", "none")
 PROJECTIONS = ("conflict", "always", "none")
 
@@ -89,6 +104,7 @@ class HDSConfig:
     long_answer: bool = False            # train on "answer. long answer" instead of the answer alone
     clip_norm: Optional[float] = None    # DP-style clipping of the batch update (no privacy claim)
     noise_multiplier: float = 0.0
+    autocast_dtype: Optional[str] = None  # None (full precision) | "bfloat16" (autocast forward passes)
     seed: int = 0
 
     def validate(self) -> None:
@@ -125,6 +141,12 @@ class HDSConfig:
             raise ValueError("clip_norm must be > 0")
         if not self.lora_targets and self.adapter == "lora":
             raise ValueError("lora_targets is empty")
+        if self.autocast_dtype in ("float16", "fp16", "half", torch.float16):
+            raise ValueError("autocast_dtype='float16' is not supported: fp16 needs loss scaling, which HDS's "
+                             "two torch.autograd.grad passes do not do; use 'bfloat16' or None")
+        if self.autocast_dtype is not None and self.autocast_dtype not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast_dtype must be None or one of {sorted(AUTOCAST_DTYPES)}, "
+                             f"got {self.autocast_dtype!r}")
 
 
 ABLATIONS = ("ga", "npo", "graddiff", "hds_no_projection", "hds_no_tokens", "hds")
@@ -204,42 +226,63 @@ def collate(examples: Sequence[Dict[str, Any]], pad_id: int) -> Dict[str, torch.
 # losses
 
 
+def _norm(w: torch.Tensor, denom: Optional[torch.Tensor]) -> torch.Tensor:
+    return (w.sum() if denom is None else denom).clamp_min(1e-8)
+
+
 def forget_objective(lp: torch.Tensor, w: torch.Tensor, kind: str, ref: Optional[torch.Tensor] = None,
-                     beta: float = 0.1) -> torch.Tensor:
+                     beta: float = 0.1, denom: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The forget loss to minimise from token log-probs ``lp`` and weights ``w`` (``[B, L-1]``): ``ga`` =
     weighted mean log-likelihood; ``npo`` = mean over sequences of ``2/beta * softplus(beta * (s - s_ref))``
-    with ``s`` the weighted log-likelihood sum and ``ref`` the original model's ``s``."""
+    with ``s`` the weighted log-likelihood sum and ``ref`` the original model's ``s``. ``denom`` replaces
+    the normaliser (``ga``: the weight sum; ``npo``: the number of sequences), e.g. by its value over
+    every rank's batch."""
     if kind == "ga":
-        return (w * lp).sum() / w.sum().clamp_min(1e-8)
+        return (w * lp).sum() / _norm(w, denom)
     if ref is None:
         raise ValueError("NPO needs the reference model's log-likelihoods")
     s = (w * lp).sum(1)
-    return (2.0 / beta * F.softplus(beta * (s - ref))).mean()
+    per_seq = 2.0 / beta * F.softplus(beta * (s - ref))
+    return per_seq.mean() if denom is None else per_seq.sum() / denom.clamp_min(1.0)
 
 
-def keep_nll(lp: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Weighted mean negative log-likelihood (0 when all weights are 0, without a host sync)."""
-    return -(w * lp).sum() / w.sum().clamp_min(1e-8)
+def keep_nll(lp: torch.Tensor, w: torch.Tensor, denom: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Weighted mean negative log-likelihood (0 when all weights are 0, without a host sync); ``denom``
+    replaces the weight sum as the normaliser."""
+    return -(w * lp).sum() / _norm(w, denom)
 
 
-def _keep_kl(logits: torch.Tensor, ref_logits: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def _keep_kl(logits: torch.Tensor, ref_logits: torch.Tensor, w: torch.Tensor,
+             denom: Optional[torch.Tensor] = None) -> torch.Tensor:
     lq = F.log_softmax(logits.float(), -1)
     lr = F.log_softmax(ref_logits.float(), -1)
     kl = (lr.exp() * (lr - lq)).sum(-1)
-    return (w * kl).sum() / w.sum().clamp_min(1e-8)
+    return (w * kl).sum() / _norm(w, denom)
+
+
+def _autocast(device: torch.device, dtype: Optional[str]):
+    """bf16 autocast on ``device`` for ``dtype="bfloat16"``, nothing for None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[dtype])
 
 
 class HDSGradient:
     """One HDS gradient computation: losses from a forget and a retain batch, two backward passes, the
     in-place projection of g_f, ``p.grad += scale * (g_f' + lambda * g_r)``, optional clip + noise.
-    Holds the Fisher EMA and the recent retain gradients (for ``subspace``). ``reference`` is the frozen
-    original model for ``retain_loss="kl"`` (None with a peft model: its adapters are disabled instead)."""
+    Holds the Fisher EMA (fp32) and the recent retain gradients (for ``subspace``). ``reference`` is the
+    frozen original model for ``retain_loss="kl"`` (None with a peft model: its adapters are disabled
+    instead). ``distributed=True``: the batches are this rank's share of a global batch; the losses are
+    normalised over the global batch and g_f, g_r and the losses summed across the ranks of ``group``
+    (``torch.distributed``) before the projection, so every rank computes the same update."""
 
-    def __init__(self, cfg: HDSConfig, params: Sequence[nn.Parameter], reference: Optional[nn.Module] = None):
+    def __init__(self, cfg: HDSConfig, params: Sequence[nn.Parameter], reference: Optional[nn.Module] = None,
+                 *, distributed: bool = False, group=None):
         cfg.validate()
         self.cfg, self.params, self.reference = cfg, list(params), reference
         if not self.params:
             raise ValueError("no trainable parameters")
+        self.distributed, self.group = bool(distributed), group
         self.fisher: Optional[List[torch.Tensor]] = None
         self.recent: collections.deque = collections.deque(maxlen=max(cfg.subspace, 1))
         self.generator: Optional[torch.Generator] = None
@@ -254,49 +297,95 @@ class HDSGradient:
             with model.disable_adapter():
                 return model(input_ids=ids, attention_mask=att).logits[:, :-1]
 
-    def _keep(self, model, batch, logits_fn) -> torch.Tensor:
+    def _keep(self, model, batch, logits_fn, denom=None) -> torch.Tensor:
         ids, att, kw = batch["input_ids"], batch["attention_mask"], batch["kw"][:, 1:]
         logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
         if self.cfg.retain_loss == "kl":
-            return _keep_kl(logits, logits_fn(model, ids, att), kw), logits
+            return _keep_kl(logits, logits_fn(model, ids, att), kw, denom), logits
         lp = torch.gather(F.log_softmax(logits, -1), 2, ids[:, 1:, None]).squeeze(2)
-        return keep_nll(lp, kw), logits
+        return keep_nll(lp, kw, denom), logits
 
-    def losses(self, model: nn.Module, fb: Dict[str, torch.Tensor],
-               rb: Optional[Dict[str, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(forget loss, keep loss); the keep loss is 0 with ``retain_loss="none"``."""
-        cfg = self.cfg
+    def losses(self, model: nn.Module, fb: Dict[str, torch.Tensor], rb: Optional[Dict[str, torch.Tensor]],
+               denoms: Optional[Dict[str, torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(forget loss, keep loss); the keep loss is 0 with ``retain_loss="none"``. ``denoms`` (see
+        :meth:`global_denominators`) replaces the batch's own normalisers."""
+        cfg, d = self.cfg, denoms or {}
         ids, att = fb["input_ids"], fb["attention_mask"]
-        logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
-        lp = torch.gather(F.log_softmax(logits, -1), 2, ids[:, 1:, None]).squeeze(2)
-        lf = forget_objective(lp, fb["fw"][:, 1:], cfg.forget_loss, fb.get("ref"), cfg.npo_beta)
-        if cfg.retain_loss == "none":
-            return lf, lf.new_zeros(())
-        if rb is None:
-            raise ValueError(f"retain_loss={cfg.retain_loss!r} needs a retain batch")
-        lr, _ = self._keep(model, rb, self._ref_logits)
-        kwf = fb["kw"][:, 1:]
-        if cfg.retain_loss == "kl":
-            lk = _keep_kl(logits, self._ref_logits(model, ids, att), kwf)
-        else:
-            lk = keep_nll(lp, kwf)
+        with _autocast(ids.device, cfg.autocast_dtype):
+            logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
+            lp = torch.gather(F.log_softmax(logits, -1), 2, ids[:, 1:, None]).squeeze(2)
+            lf = forget_objective(lp, fb["fw"][:, 1:], cfg.forget_loss, fb.get("ref"), cfg.npo_beta,
+                                  d.get("forget"))
+            if cfg.retain_loss == "none":
+                return lf, lf.new_zeros(())
+            if rb is None:
+                raise ValueError(f"retain_loss={cfg.retain_loss!r} needs a retain batch")
+            lr, _ = self._keep(model, rb, self._ref_logits, d.get("retain"))
+            kwf = fb["kw"][:, 1:]
+            if cfg.retain_loss == "kl":
+                lk = _keep_kl(logits, self._ref_logits(model, ids, att), kwf, d.get("preserve"))
+            else:
+                lk = keep_nll(lp, kwf, d.get("preserve"))
         return lf, lr + cfg.preserve_weight * lk
 
+    def global_denominators(self, fb, rb) -> Dict[str, torch.Tensor]:
+        """The losses' normalisers summed over the ranks (one small ``all_reduce``): forget weight sum
+        (``ga``) or number of forget sequences (``npo``), retain keep-weight sum, preserved-token weight
+        sum of the forget batch."""
+        import torch.distributed as dist
+
+        fw, fkw = fb["fw"][:, 1:], fb["kw"][:, 1:]
+        rkw = rb["kw"][:, 1:] if rb is not None else fkw.new_zeros(())
+        first = fw.sum() if self.cfg.forget_loss == "ga" else fw.new_tensor(float(fw.shape[0]))
+        d = torch.stack([first, rkw.sum(), fkw.sum()]).double()
+        dist.all_reduce(d, group=self.group)
+        d = d.float()
+        return {"forget": d[0], "retain": d[1], "preserve": d[2]}
+
+    def _sum_across_ranks(self, grads: List[List[torch.Tensor]], lf, lk):
+        """Sum every gradient list and the two losses across ranks, in place, in one flat fp32 buffer."""
+        import torch.distributed as dist
+
+        flat = torch.cat([g.reshape(-1) for gs in grads for g in gs]
+                         + [lf.detach().float().reshape(1), lk.detach().float().reshape(1)])
+        dist.all_reduce(flat, group=self.group)
+        off = 0
+        for gs in grads:
+            for g in gs:
+                g.copy_(flat[off:off + g.numel()].view_as(g))
+                off += g.numel()
+        return flat[off], flat[off + 1]
+
+    def _grad(self, loss, retain_graph=False) -> List[torch.Tensor]:
+        gs = torch.autograd.grad(loss, self.params, retain_graph=retain_graph, allow_unused=True,
+                                 materialize_grads=True)
+        # fp32 from here on: the Fisher EMA, the projection's inner products, clipping and noise
+        return [g.float().contiguous() for g in gs]
+
     def accumulate(self, model: nn.Module, fb, rb, scale: float = 1.0) -> Dict[str, torch.Tensor]:
-        """Compute the update and add ``scale *`` it to the parameters' ``.grad``; returns the detached
-        losses (and the projection coefficient) as 0-dim tensors."""
-        cfg, params = self.cfg, self.params
-        lf, lk = self.losses(model, fb, rb)
+        """Compute the update and add ``scale *`` it to the parameters' ``.grad`` (in each parameter's
+        dtype); returns the detached losses (of the global batch when distributed) as 0-dim tensors."""
+        cfg = self.cfg
+        if self.distributed:
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()):
+                raise RuntimeError("HDSGradient(distributed=True) needs an initialised torch.distributed "
+                                   "process group")
+        denoms = self.global_denominators(fb, rb) if self.distributed else None
+        lf, lk = self.losses(model, fb, rb, denoms)
+        project = cfg.retain_loss != "none" and cfg.projection != "none"
         if cfg.retain_loss == "none":
-            upd = list(torch.autograd.grad(lf, params, allow_unused=True, materialize_grads=True))
-        elif cfg.projection == "none":
-            upd = list(torch.autograd.grad(lf + cfg.retain_weight * lk, params, allow_unused=True,
-                                           materialize_grads=True))
+            grads = [self._grad(lf)]
+        elif not project:
+            grads = [self._grad(lf + cfg.retain_weight * lk)]
         else:
-            gf = list(torch.autograd.grad(lf, params, retain_graph=True, allow_unused=True,
-                                          materialize_grads=True))
-            gr = list(torch.autograd.grad(lk, params, allow_unused=True, materialize_grads=True))
-            gf = [g.contiguous() for g in gf]
+            grads = [self._grad(lf, retain_graph=True), self._grad(lk)]
+        lf, lk = lf.detach(), lk.detach()
+        if self.distributed:
+            lf, lk = self._sum_across_ranks(grads, lf, lk)
+        if project:
+            gf, gr = grads
             if cfg.subspace > 0:
                 self.recent.append([g.detach().clone() for g in gr])
                 basis = orthonormal_basis(list(self.recent))
@@ -305,7 +394,7 @@ class HDSGradient:
                 fisher = None
                 if cfg.fisher:
                     if self.fisher is None:
-                        self.fisher = [g.detach() * g.detach() for g in gr]
+                        self.fisher = [g * g for g in gr]
                     else:
                         torch._foreach_mul_(self.fisher, cfg.fisher_beta)
                         torch._foreach_addcmul_(self.fisher, gr, gr, value=1.0 - cfg.fisher_beta)
@@ -313,6 +402,8 @@ class HDSGradient:
                 self.last_coef = grad_project_(gf, gr, fisher, mode=cfg.projection)
             torch._foreach_add_(gf, gr, alpha=cfg.retain_weight)
             upd = gf
+        else:
+            upd = grads[0]
         if cfg.clip_norm is not None:
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(upd)))
             torch._foreach_mul_(upd, (cfg.clip_norm / (norm + 1e-12)).clamp(max=1.0))
@@ -323,10 +414,10 @@ class HDSGradient:
                 for u in upd:
                     noise = torch.randn(u.shape, generator=self.generator, device=u.device, dtype=u.dtype)
                     u.add_(noise, alpha=std)
-        for p, u in zip(params, upd):
-            u = u.detach() * scale if scale != 1.0 else u.detach()
+        for p, u in zip(self.params, upd):
+            u = (u * scale if scale != 1.0 else u).to(p.dtype)
             p.grad = u.clone() if p.grad is None else p.grad.add_(u)
-        return {"forget_loss": lf.detach(), "keep_loss": lk.detach()}
+        return {"forget_loss": lf, "keep_loss": lk}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -362,12 +453,13 @@ def wrap_lora(model: nn.Module, cfg: HDSConfig) -> nn.Module:
     return get_peft_model(model, lc)
 
 
-def _ref_sums(model, examples, pad_id, batch_size=32) -> None:
-    """The original model's weighted log-likelihood sums (NPO's s_ref), stored as ``ref`` per example."""
+def _ref_sums(model, examples, pad_id, batch_size=32, autocast_dtype: Optional[str] = None) -> None:
+    """The original model's weighted log-likelihood sums (NPO's s_ref), stored as ``ref`` per example;
+    under the training's autocast, so that s - s_ref starts at 0."""
     was = model.training
     model.eval()
     device = next(model.parameters()).device
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(device, autocast_dtype):
         for i in range(0, len(examples), batch_size):
             part = examples[i:i + batch_size]
             b = collate(part, pad_id)
@@ -421,7 +513,7 @@ def prepare(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Seque
     work = copy.deepcopy(model)
     original = {n: p.detach().to(original_device or p.device, copy=True) for n, p in work.named_parameters()}
     if cfg.forget_loss == "npo":
-        _ref_sums(work, fex, pad)
+        _ref_sums(work, fex, pad, autocast_dtype=cfg.autocast_dtype)
     reference = None
     if cfg.adapter == "lora":
         work = wrap_lora(work, cfg)
@@ -446,7 +538,9 @@ def unlearn(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Seque
 
     Works on a deep copy: ``model`` is not modified. ``monitor(model, epoch)`` is called after every
     epoch (model in its trainable form) and stops training when it returns True. Token interventions need
-    ``hierarchy``; without one they are off (a warning says so).
+    ``hierarchy``; without one they are off (a warning says so). ``config.autocast_dtype="bfloat16"``
+    trains under bf16 autocast; a model loaded in bf16 works as it is (the merged result keeps its dtype,
+    so the merge rounds the LoRA update to bf16).
     """
     t0 = time.perf_counter()
     torch.manual_seed(config.seed if config is not None else HDSConfig().seed)
