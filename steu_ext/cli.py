@@ -434,9 +434,30 @@ def _load_qa(a):
                             forget_values=a.forget_values.split(","))
 
 
+def _hds_device(name: Optional[str]) -> "torch.device":
+    """``--device``: the given one (checked), else cuda when available, else cpu."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise BadInput(f"--device {name!r} is not a device (cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"--device {name}: CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise BadInput(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda"):
+        raise BadInput(f"--device {name!r}: use cpu or cuda[:N]")
+    return dev
+
+
 def cmd_hds(a) -> int:
     """Unlearn a QA domain from a causal LM with HDS (or one of its ablations / baselines)."""
     import time
+
+    import torch
 
     from .data.concepts import load_hierarchy
     from .data.qa import split_domain, subsample
@@ -458,9 +479,12 @@ def cmd_hds(a) -> int:
                          lora_targets=a.lora_targets if a.lora_targets == "all-linear" else a.lora_targets.split(","),
                          epochs=a.epochs, batch_size=a.batch_size, max_length=a.max_length,
                          forget_domains=a.forget_domains.split(",") if a.forget_domains else None,
-                         clip_norm=a.clip_norm, noise_multiplier=a.noise_multiplier, seed=a.seed)
+                         clip_norm=a.clip_norm, noise_multiplier=a.noise_multiplier, seed=a.seed,
+                         autocast_dtype="bfloat16" if a.bf16 else None)
     cfg = hds.baseline_config(a.method, base)
     cfg.validate()
+    device = _hds_device(a.device)
+    dtype = getattr(torch, a.dtype)
     forget_all, retain = split_domain(items)
     forget_all = subsample(forget_all, a.max_forget, a.seed)
     retain = subsample(retain, a.max_retain, a.seed)
@@ -471,16 +495,18 @@ def cmd_hds(a) -> int:
     if a.teach_tiny:
         model, tok = hds.tiny_causal_lm([prompt_of(i) + continuation_of(i) for i in items], seed=a.seed)
         taught = hds.teach(model, tok, forget + retain, max_length=a.max_length, seed=a.seed)
+        model.to(device=device, dtype=dtype)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if not os.path.exists(a.model) and os.sep in a.model:
             raise BadInput(f"model folder not found: {a.model}")
         try:
-            model = AutoModelForCausalLM.from_pretrained(a.model)
+            model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype)
             tok = AutoTokenizer.from_pretrained(a.model)
         except (OSError, ValueError) as e:
             raise BadInput(f"cannot load a causal LM from {a.model!r}: {str(e).splitlines()[0]}") from None
+        model.to(device)
         taught = None
     kw = {"max_length": a.max_length}
     with _output_dir(a.out, a.overwrite) as tmp:
@@ -659,6 +685,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-retain", type=int, default=None, help="subsample the retain domain")
     p.add_argument("--never-seen-fraction", type=float, default=0.2,
                    help="forget-domain items held out (never taught/unlearned) for the MIA")
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="dtype of the model's weights (bfloat16 halves the memory of a large LM)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward passes (A100/H100); the "
+                                                       "Fisher EMA and the projection stay fp32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-model", action="store_true", help="also save the unlearned (merged) model")
     p.add_argument("--quiet", action="store_true")

@@ -531,6 +531,14 @@ def test_cli_hds(tmp_path):
     assert rep["n_forget"] + rep["n_never_seen"] == 6 and rep["n_retain"] == 6
     assert {"forgetting_rate", "forgetting_rate_chance_corrected", "preservation", "mia_auc"} <= set(rep["after"])
     assert rep["params_modified"]["modified"] > 0 and rep["config"]["forget_domains"] == ["surgery"]
+    # a model in bf16 with bf16 autocast on the CPU
+    out = tmp_path / "run_bf16"
+    assert main(base + ["--teach-tiny", "--dtype", "bfloat16", "--bf16", "--device", "cpu", "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["config"]["autocast_dtype"] == "bfloat16" and rep["params_modified"]["modified"] > 0
+    assert main(base + ["--teach-tiny", "--device", "tpu", "--out", str(tmp_path / "x")]) == 2
+    if not torch.cuda.is_available():
+        assert main(base + ["--teach-tiny", "--device", "cuda", "--out", str(tmp_path / "x")]) == 2
     # bad input: exit 2 with one line, no output folder left behind
     assert main(base + ["--out", str(tmp_path / "x")]) == 2                      # neither --model nor --teach-tiny
     assert main(base + ["--teach-tiny", "--stop-at-forgetting", "2", "--out", str(tmp_path / "x")]) == 2
