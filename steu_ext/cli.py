@@ -434,7 +434,7 @@ def _load_qa(a):
                             forget_values=a.forget_values.split(","))
 
 
-def _hds_device(name: Optional[str]) -> "torch.device":
+def _hds_device(name: Optional[str]):
     """``--device``: the given one (checked), else cuda when available, else cpu."""
     import torch
 
