@@ -529,3 +529,22 @@ def test_precomputed_counts_are_checked_and_padded_to_the_embedding_rows():
         _precomputed(c, 9, 3)
     with pytest.raises(ValueError, match="more than the model's 4 embedding rows"):
         _precomputed(c, 4, 2)
+
+
+def test_the_callers_garbage_collector_state_is_left_as_it_was(tok, tmp_path):
+    """count_corpus freezes the objects alive at its start out of the collector while it runs (cheap full
+    collections) and unfreezes them after, but leaves a freeze the caller made alone."""
+    import gc
+
+    p = tmp_path / "a.csv"
+    p.write_text("text,label\nhello world,a\nbye now,b\n")
+    before = gc.get_freeze_count()
+    assert count_corpus(str(p), tok, progress=False).n_docs == 2
+    assert gc.get_freeze_count() == before
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    try:
+        count_corpus(str(p), tok, progress=False)
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
