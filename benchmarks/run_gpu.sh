@@ -10,7 +10,8 @@
 #   (`all` = every stage; each call rebuilds, since a machine is only kept warm ~30 s between calls.)
 #
 # Logs and results go to ${OUT:-gpu_out}; benchmark records are appended to benchmarks/results/*-cuda.jsonl
-# and copied to $OUT (at most 8 files come back from the device tool, so stages write few files).
+# and packed with pytest-benchmark's JSON into $OUT/results-cuda.tgz (at most 8 files come back from the
+# device tool, so a call writes few files: unpack the tarball here, in the repository root).
 # Needs a CUDA build of torch, nvcc matching torch's CUDA major version, and triton.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -54,7 +55,7 @@ if has bench; then
   stamp bench
   STEU_BENCH_DEVICE=cuda STEU_BENCH_SIZES=full python -m pytest -q -s -p no:cacheprovider \
     benchmarks/bench_doc_counts.py benchmarks/bench_row_adam.py benchmarks/bench_grad_project.py \
-    benchmarks/bench_steu_step.py --benchmark-json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" \
+    benchmarks/bench_steu_step.py --benchmark-json benchmarks/results/bench-cuda.json 2>&1 | tee "$OUT/bench.log" \
     | grep -E " us |passed|failed|error"
 fi
 if has pmi; then
@@ -68,5 +69,5 @@ if has suite; then
   stamp suite
   timeout 420 python -m pytest -q --maxfail=30 -p no:cacheprovider tests 2>&1 | tee "$OUT/suite.log" | tail -8
 fi
-cp benchmarks/results/*-cuda.jsonl "$OUT/" 2>/dev/null || true
+ls benchmarks/results/*-cuda.json* >/dev/null 2>&1 && tar czf "$OUT/results-cuda.tgz" benchmarks/results/*-cuda.json*
 stamp done
