@@ -480,7 +480,8 @@ def cmd_hds(a) -> int:
                          epochs=a.epochs, batch_size=a.batch_size, max_length=a.max_length,
                          forget_domains=a.forget_domains.split(",") if a.forget_domains else None,
                          clip_norm=a.clip_norm, noise_multiplier=a.noise_multiplier, seed=a.seed,
-                         autocast_dtype="bfloat16" if a.bf16 else None)
+                         autocast_dtype="bfloat16" if a.bf16 else None, question_weight=a.question_weight,
+                         question_target=a.question_target)
     cfg = hds.baseline_config(a.method, base)
     cfg.validate()
     device = _hds_device(a.device)
@@ -666,6 +667,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-loss", default="npo", choices=["ga", "npo"])
     p.add_argument("--retain-loss", default="nll", choices=["nll", "kl", "none"])
     p.add_argument("--retain-weight", type=float, default=1.0, help="lambda")
+    p.add_argument("--question-weight", type=float, default=0.0,
+                   help="weight of the term that holds the forget items' question tokens at --question-target "
+                        "(so that the MIA cannot tell them from never-seen items); 0 = off")
+    p.add_argument("--question-target", type=float, default=None,
+                   help="mean question-token NLL (nats) to hold them at, needed with --question-weight: measure "
+                        "it on questions the model never saw (hds.question_nll), not the MIA's never-seen items")
     p.add_argument("--projection", default="conflict", choices=["conflict", "always", "none"])
     p.add_argument("--no-fisher", action="store_true", help="plain PCGrad inner product")
     p.add_argument("--subspace", type=int, default=0, help="project against the last m retain gradients")

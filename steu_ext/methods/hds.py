@@ -7,6 +7,27 @@ Per step, with a forget batch (items of the forget domain) and a retain batch:
   (levels 3-4 of a forget domain) carry the forget loss, weighted per level; tokens of
   preservation-critical concepts (levels 1-2) carry the retain loss instead. Without interventions the
   forget loss covers the answer tokens uniformly, as in plain GA/NPO.
+* **question tokens** (optional, ``question_weight > 0``; off by default): the loss-based membership
+  inference of :func:`steu_ext.eval.qa.mia_auc` reads the whole training text, and a question the model
+  memorised keeps its low loss when only the answer and the targeted concepts are unlearned, so the forget
+  items stay recognisable (AUC ~1). The question tokens of forget items (all but the preservation-critical
+  ones) then get a target-aware term: per item, with ``m`` its mean question-token NLL,
+  ``question_weight * |m - question_target|`` (:func:`question_objective`). The aim is member loss ~
+  never-seen loss (AUC -> 0.5); an ever-growing member loss (plain GA, AUC -> 0) is just as recognisable.
+  Why this form, from runs on the PubMedQA protocol: NPO's bound is no help (on a sum over ~25 question
+  tokens its weight vanishes long before a memorised question reaches the never-seen level: AUC stayed
+  1.0); a one-sided hinge ``relu(target - m)`` (stop pushing at the target) overshot in long runs (AUC
+  0.24-0.27: the items keep rising through the targeted concepts' forget loss and the shared LoRA
+  weights), so items above the target are pulled back to it. ``question_target`` (nats per token) must
+  come from questions the model never saw that are not the MIA's held-out items, e.g. the median of
+  :func:`question_nll` over held-out retain-domain questions (the taught retain questions are no proxy:
+  their loss is as low as the members'). So that the term removes these items' memorisation rather than
+  the model's grasp of question text in general, the retain items' question tokens join the keep loss,
+  normalised on their own (without it every question's loss rose: never-seen retain-domain questions
+  5.8 -> 9.8 nats/token). Expect the forgetting rate to settle near the never-seen level: a model that no
+  longer recognises the questions answers them as it answers never-seen ones (PubMedQA protocol: 0.50-0.54
+  accuracy, i.e. a forgetting rate ~0.45), so a far higher target (0.8, i.e. systematically wrong answers,
+  itself a trace of the items) may take long or not be reached.
 * **losses**: forget = gradient ascent (minimise the weighted mean log-likelihood) or NPO
   (``2/beta * softplus(beta * (log pi - log pi_ref))`` per sequence, pi_ref the frozen original model);
   keep = NLL (or KL to the frozen original model) on the retain answers plus the preservation-critical
@@ -66,7 +87,7 @@ log = logging.getLogger("steu_ext")
 
 __all__ = ["HDSConfig", "HDSResult", "HDSGradient", "encode_examples", "collate", "unlearn",
            "baseline_config", "wrap_lora", "wordpiece_tokenizer", "ABLATIONS", "tiny_causal_lm", "teach",
-           "forget_objective", "keep_nll", "forgetting_monitor"]
+           "forget_objective", "question_objective", "keep_nll", "forgetting_monitor", "question_nll"]
 
 FORGET_LOSSES = ("ga", "npo")
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16}
@@ -85,6 +106,10 @@ class HDSConfig:
     # per-level token weights and the answer tokens' forget weight (tuned on the PubMedQA protocol)
     level_weights: Dict[int, float] = field(default_factory=lambda: {1: 1.0, 2: 1.0, 3: 0.5, 4: 1.0})
     answer_weight: float = 4.0           # forget weight of the answer tokens
+    # forget weight of the question tokens of forget items (not the preserved ones; 0 = off) and the mean
+    # per-token NLL (nats) a forget item's question is held at (needed when > 0; see the module docstring)
+    question_weight: float = 0.0
+    question_target: Optional[float] = None
     preserve_levels: Tuple[int, ...] = (1, 2)
     target_levels: Tuple[int, ...] = (3, 4)
     forget_domains: Optional[List[str]] = None   # None: every domain of the hierarchy
@@ -131,6 +156,16 @@ class HDSConfig:
             raise ValueError("fisher_beta must be in [0, 1)")
         if self.npo_beta <= 0:
             raise ValueError("npo_beta must be > 0")
+        if not (isinstance(self.question_weight, (int, float)) and 0 <= self.question_weight < float("inf")):
+            raise ValueError(f"question_weight must be a finite number >= 0, got {self.question_weight!r}")
+        if self.question_target is not None and not (isinstance(self.question_target, (int, float))
+                                                     and 0 < self.question_target < float("inf")):
+            raise ValueError(f"question_target must be a finite number > 0 (nats per token), got "
+                             f"{self.question_target!r}")
+        if self.question_weight > 0 and self.question_target is None:
+            raise ValueError("question_weight > 0 needs question_target: the mean question-token NLL of "
+                             "questions the model never saw, e.g. the median of hds.question_nll over "
+                             "held-out questions (not the MIA's never-seen items)")
         bad = set(self.level_weights) - {1, 2, 3, 4}
         if bad:
             raise ValueError(f"level_weights has unknown level(s) {sorted(bad)} (levels are 1-4)")
@@ -177,19 +212,25 @@ def baseline_config(name: str, base: Optional[HDSConfig] = None) -> HDSConfig:
 def encode_examples(tokenizer, items: Sequence[QAItem], cfg: HDSConfig, *, forget: bool,
                     hierarchy: Optional[ConceptHierarchy] = None) -> List[Dict[str, Any]]:
     """Tokenize the training texts and build per-token weights (aligned with the token; the loss of token
-    t is log p(t | < t)): ``fw`` forget weights, ``kw`` keep (retain-loss) weights."""
+    t is log p(t | < t)): ``fw`` forget weights, ``kw`` keep (retain-loss) weights. With
+    ``cfg.question_weight > 0`` forget examples also get ``qw`` (``question_weight`` on the question's
+    tokens, 0 on preservation-critical ones) and retain examples ``qk`` (keep weight 1 on the question's
+    tokens); with 0 neither key exists and the examples are exactly those of before the option."""
     use_tags = cfg.token_interventions and forget and hierarchy is not None
+    ask = cfg.question_weight > 0
     out = []
     for it in items:
-        e = encode_qa(tokenizer, prompt_of(it), continuation_of(it, long_answer=cfg.long_answer),
-                      cfg.max_length)
+        prompt = prompt_of(it)
+        e = encode_qa(tokenizer, prompt, continuation_of(it, long_answer=cfg.long_answer), cfg.max_length)
         ans = torch.tensor(e["cont_mask"], dtype=torch.float32)
+        q = _question_mask(e["offsets"], prompt, it.question) if ask else None
         if not forget:
-            out.append({"input_ids": e["input_ids"], "fw": torch.zeros_like(ans), "kw": ans})
+            out.append({"input_ids": e["input_ids"], "fw": torch.zeros_like(ans), "kw": ans,
+                        **({"qk": q} if ask else {})})
             continue
         if not use_tags:
             out.append({"input_ids": e["input_ids"], "fw": ans * cfg.answer_weight,
-                        "kw": torch.zeros_like(ans)})
+                        "kw": torch.zeros_like(ans), **({"qw": q * cfg.question_weight} if ask else {})})
             continue
         level, concept = hierarchy.tag_offsets(e["text"], e["offsets"])
         role = hierarchy.roles(level, concept, preserve_levels=cfg.preserve_levels,
@@ -198,12 +239,26 @@ def encode_examples(tokenizer, items: Sequence[QAItem], cfg: HDSConfig, *, forge
         pres, targ = role == PRESERVE, role == TARGET
         fw = torch.where(pres, 0.0, ans * cfg.answer_weight) + torch.where(targ, lw, 0.0)
         kw = torch.where(pres, lw, 0.0)
-        out.append({"input_ids": e["input_ids"], "fw": fw, "kw": kw, "level": level, "role": role})
+        ex = {"input_ids": e["input_ids"], "fw": fw, "kw": kw, "level": level, "role": role}
+        if ask:
+            ex["qw"] = torch.where(pres, 0.0, q * cfg.question_weight)
+        out.append(ex)
     return out
 
 
+def _question_mask(offsets: Sequence[Tuple[int, int]], prompt: str, question: str) -> torch.Tensor:
+    """1.0 for the tokens inside the question's characters of ``prompt`` (not the template around it,
+    which every item shares, nor special tokens), else 0.0."""
+    start = prompt.find(question) if question else -1
+    if start < 0:
+        return torch.zeros(len(offsets))
+    end = start + len(question)
+    return torch.tensor([float(start <= s and e <= end and e > s) for s, e in offsets])
+
+
 def collate(examples: Sequence[Dict[str, Any]], pad_id: int) -> Dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask``, ``fw``, ``kw`` (and ``ref`` when present)."""
+    """Right-padded ``input_ids``, ``attention_mask``, ``fw``, ``kw`` (and ``qw``, ``qk``, ``ref`` when
+    every example has them)."""
     L = max(len(e["input_ids"]) for e in examples)
     B = len(examples)
     ids = torch.full((B, L), pad_id, dtype=torch.long)
@@ -217,6 +272,12 @@ def collate(examples: Sequence[Dict[str, Any]], pad_id: int) -> Dict[str, torch.
         fw[r, :n] = e["fw"]
         kw[r, :n] = e["kw"]
     out = {"input_ids": ids, "attention_mask": att, "fw": fw, "kw": kw}
+    for key in ("qw", "qk"):
+        if all(key in e for e in examples):
+            w = torch.zeros((B, L))
+            for r, e in enumerate(examples):
+                w[r, :len(e["input_ids"])] = e[key]
+            out[key] = w
     if all("ref" in e for e in examples):
         out["ref"] = torch.stack([torch.as_tensor(e["ref"], dtype=torch.float32) for e in examples])
     return out
@@ -244,6 +305,20 @@ def forget_objective(lp: torch.Tensor, w: torch.Tensor, kind: str, ref: Optional
     s = (w * lp).sum(1)
     per_seq = 2.0 / beta * F.softplus(beta * (s - ref))
     return per_seq.mean() if denom is None else per_seq.sum() / denom.clamp_min(1.0)
+
+
+def question_objective(lp: torch.Tensor, w: torch.Tensor, target: float,
+                       denom: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The question term to minimise: mean over sequences of ``wbar * |m - target|``, with ``m`` a
+    sequence's ``w``-weighted mean token NLL and ``wbar`` its mean weight over the weighted tokens
+    (sequences without weighted tokens add 0). Below ``target`` it is gradient ascent on the question,
+    above it gradient descent back to ``target``: the loss is held at the target, not pushed beyond.
+    ``denom`` replaces the number of sequences."""
+    n = w.sum(1)
+    m = -(w * lp).sum(1) / n.clamp_min(1e-8)
+    wbar = n / (w > 0).sum(1).clamp_min(1)
+    per_seq = wbar * (m - target).abs()
+    return per_seq.sum() / (denom.clamp_min(1.0) if denom is not None else max(w.shape[0], 1))
 
 
 def keep_nll(lp: torch.Tensor, w: torch.Tensor, denom: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -297,13 +372,19 @@ class HDSGradient:
             with model.disable_adapter():
                 return model(input_ids=ids, attention_mask=att).logits[:, :-1]
 
-    def _keep(self, model, batch, logits_fn, denom=None) -> torch.Tensor:
+    def _keep(self, model, batch, logits_fn, denom=None, qdenom=None) -> torch.Tensor:
+        """Keep loss of a retain batch: on ``kw`` (the answers), plus, when the batch has ``qk``, the same
+        loss on the questions' tokens normalised on its own (``question_weight > 0``)."""
         ids, att, kw = batch["input_ids"], batch["attention_mask"], batch["kw"][:, 1:]
+        qk = batch["qk"][:, 1:] if "qk" in batch else None
         logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
         if self.cfg.retain_loss == "kl":
-            return _keep_kl(logits, logits_fn(model, ids, att), kw, denom), logits
+            ref = logits_fn(model, ids, att)
+            loss = _keep_kl(logits, ref, kw, denom)
+            return (loss if qk is None else loss + _keep_kl(logits, ref, qk, qdenom)), logits
         lp = torch.gather(F.log_softmax(logits, -1), 2, ids[:, 1:, None]).squeeze(2)
-        return keep_nll(lp, kw, denom), logits
+        loss = keep_nll(lp, kw, denom)
+        return (loss if qk is None else loss + keep_nll(lp, qk, qdenom)), logits
 
     def losses(self, model: nn.Module, fb: Dict[str, torch.Tensor], rb: Optional[Dict[str, torch.Tensor]],
                denoms: Optional[Dict[str, torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -316,11 +397,13 @@ class HDSGradient:
             lp = torch.gather(F.log_softmax(logits, -1), 2, ids[:, 1:, None]).squeeze(2)
             lf = forget_objective(lp, fb["fw"][:, 1:], cfg.forget_loss, fb.get("ref"), cfg.npo_beta,
                                   d.get("forget"))
+            if "qw" in fb:
+                lf = lf + question_objective(lp, fb["qw"][:, 1:], cfg.question_target, d.get("sequences"))
             if cfg.retain_loss == "none":
                 return lf, lf.new_zeros(())
             if rb is None:
                 raise ValueError(f"retain_loss={cfg.retain_loss!r} needs a retain batch")
-            lr, _ = self._keep(model, rb, self._ref_logits, d.get("retain"))
+            lr, _ = self._keep(model, rb, self._ref_logits, d.get("retain"), d.get("retain_question"))
             kwf = fb["kw"][:, 1:]
             if cfg.retain_loss == "kl":
                 lk = _keep_kl(logits, self._ref_logits(model, ids, att), kwf, d.get("preserve"))
@@ -331,16 +414,19 @@ class HDSGradient:
     def global_denominators(self, fb, rb) -> Dict[str, torch.Tensor]:
         """The losses' normalisers summed over the ranks (one small ``all_reduce``): forget weight sum
         (``ga``) or number of forget sequences (``npo``), retain keep-weight sum, preserved-token weight
-        sum of the forget batch."""
+        sum of the forget batch, number of forget sequences (the question term) and the retain question
+        keep-weight sum."""
         import torch.distributed as dist
 
         fw, fkw = fb["fw"][:, 1:], fb["kw"][:, 1:]
         rkw = rb["kw"][:, 1:] if rb is not None else fkw.new_zeros(())
-        first = fw.sum() if self.cfg.forget_loss == "ga" else fw.new_tensor(float(fw.shape[0]))
-        d = torch.stack([first, rkw.sum(), fkw.sum()]).double()
+        rqk = rb["qk"][:, 1:] if rb is not None and "qk" in rb else fkw.new_zeros(())
+        nseq = fw.new_tensor(float(fw.shape[0]))
+        first = fw.sum() if self.cfg.forget_loss == "ga" else nseq
+        d = torch.stack([first, rkw.sum(), fkw.sum(), nseq, rqk.sum()]).double()
         dist.all_reduce(d, group=self.group)
         d = d.float()
-        return {"forget": d[0], "retain": d[1], "preserve": d[2]}
+        return {"forget": d[0], "retain": d[1], "preserve": d[2], "sequences": d[3], "retain_question": d[4]}
 
     def _sum_across_ranks(self, grads: List[List[torch.Tensor]], lf, lk):
         """Sum every gradient list and the two losses across ranks, in place, in one flat fp32 buffer."""
@@ -629,6 +715,36 @@ def forgetting_monitor(tokenizer, forget: Sequence[QAItem], acc_before: float, t
         return (acc_before - acc) / acc_before >= target
 
     return monitor
+
+
+@torch.no_grad()
+def question_nll(model: nn.Module, tokenizer, items: Sequence[QAItem], *, max_length: int = 64,
+                 long_answer: bool = False, batch_size: int = 32) -> torch.Tensor:
+    """Per item, the mean NLL (nats per token) of its question's tokens in the training text, ``[N]``
+    float64: the quantity ``question_target`` is compared with. Its median over questions ``model``
+    never saw (and that are not the MIA's held-out items) is a proxy for the never-seen level."""
+    if not items:
+        raise ValueError("question_nll of an empty item list")
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad = _pad_id(tokenizer)
+    out = []
+    try:
+        for i in range(0, len(items), batch_size):
+            part = items[i:i + batch_size]
+            ex = []
+            for it in part:
+                e = encode_qa(tokenizer, prompt_of(it), continuation_of(it, long_answer=long_answer), max_length)
+                q = _question_mask(e["offsets"], prompt_of(it), it.question)
+                ex.append({"input_ids": e["input_ids"], "fw": q, "kw": torch.zeros_like(q)})
+            b = collate(ex, pad)
+            lp = token_logprobs(model, b["input_ids"].to(device), b["attention_mask"].to(device)).cpu().double()
+            w = b["fw"][:, 1:].double()
+            out.append(-(w * lp).sum(1) / w.sum(1).clamp_min(1))
+    finally:
+        model.train(was)
+    return torch.cat(out)
 
 
 # ---------------------------------------------------------------------------------------------------
