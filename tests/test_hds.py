@@ -483,6 +483,37 @@ def test_hds_trainer_bf16(tiny, tmp_path):
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
+def test_hds_trainer_question_weight(tiny, tmp_path):
+    """``question_weight > 0`` in the trainer: the batches carry the question weights (``qw`` on the forget
+    side, ``qk`` on the retain side) and the objective gains the question term (the first step's loss,
+    same weights in both runs, is higher by at least W * min |m - T| over the items); the caller's model is
+    untouched. (Its effect on a taught model is the end-to-end test's: the trainer and ``unlearn`` share
+    ``HDSGradient``; this untaught random model barely moves in 6 clipped steps.)"""
+    model, tok = tiny
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    m = hds.question_nll(model, tok, ITEMS[:3])
+    start = float(m.mean())
+    first, keys = {}, {}
+    for w in (0.0, 4.0):
+        cfg = hds.HDSConfig(lora_r=2, lr=5e-2, question_weight=w, question_target=start + 3.0 if w else None)
+        tr = _hds_trainer(model, tok, tmp_path / str(w), hds_config=cfg, max_steps=6)
+        seen, inner = [], tr.hds_grad.accumulate
+
+        def spy(m, fb, rb, scale=1.0, _seen=seen, _inner=inner):
+            _seen.append((set(fb), set(rb or {})))
+            return _inner(m, fb, rb, scale)
+
+        tr.hds_grad.accumulate = spy
+        tr.train()
+        keys[w] = seen[0]
+        first[w] = next(h["loss"] for h in tr.state.log_history if "loss" in h)
+        assert tr.params_report()["modified"] > 0
+    assert "qw" not in keys[0.0][0] and "qk" not in keys[0.0][1]
+    assert "qw" in keys[4.0][0] and "qk" in keys[4.0][1]
+    assert first[4.0] - first[0.0] >= 4.0 * float((m - (start + 3.0)).abs().min()) - 1e-3, (first, m)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
 def test_hds_trainer_refuses_fp16_fsdp_deepspeed(tiny, tmp_path):
     from transformers import TrainingArguments
 
