@@ -587,7 +587,8 @@ _DDP_WORKER = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_hds_trainer_ddp_two_processes_equals_one(tiny, tmp_path):
+@pytest.mark.parametrize("question_weight", [0.0, 4.0], ids=["plain", "question_term"])
+def test_hds_trainer_ddp_two_processes_equals_one(tiny, tmp_path, question_weight):
     """torchrun with 2 gloo processes on batches of 2 each ends with the same LoRA weights and Fisher EMA
     (max abs difference ~1e-7) as one process on batches of 4.
 
@@ -600,7 +601,8 @@ def test_hds_trainer_ddp_two_processes_equals_one(tiny, tmp_path):
     batch (and the gradients summed) to match one process, a plain average of per-rank means does not
     (it differs by ~3e-2 here). The config (GA, projection always, Fisher, clip + noise) makes every
     rank-dependent part count: Fisher EMA and projection on the global gradients, global clip norm, and
-    the same noise draws on every rank."""
+    the same noise draws on every rank. ``question_term``: also the question term and the retain questions'
+    keep loss, whose normalisers (forget sequences, retain question-token count) are global too."""
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_gloo_available():
@@ -622,7 +624,8 @@ def test_hds_trainer_ddp_two_processes_equals_one(tiny, tmp_path):
         "hierarchy": {"concepts": [{"concept": c.name, "level": c.level, "domain": c.domain,
                                     "terms": list(c.terms)} for c in HIER.concepts]},
         "config": {"lora_r": 2, "lr": 1e-2, "forget_loss": "ga", "projection": "always", "clip_norm": 1.0,
-                   "noise_multiplier": 0.01}}))
+                   "noise_multiplier": 0.01, "question_weight": question_weight,
+                   "question_target": 7.0 if question_weight else None}}))
     worker = tmp_path / "worker.py"
     worker.write_text(_DDP_WORKER)
     with socket.socket() as s:
