@@ -538,13 +538,14 @@ def test_the_callers_garbage_collector_state_is_left_as_it_was(tok, tmp_path):
 
     p = tmp_path / "a.csv"
     p.write_text("text,label\nhello world,a\nbye now,b\n")
-    before = gc.get_freeze_count()
+    gc.unfreeze()
     assert count_corpus(str(p), tok, progress=False).n_docs == 2
-    assert gc.get_freeze_count() == before
+    assert gc.get_freeze_count() == 0                       # frozen during the call, unfrozen after
     gc.freeze()
     frozen = gc.get_freeze_count()
     try:
         count_corpus(str(p), tok, progress=False)
-        assert gc.get_freeze_count() == frozen
+        # still frozen (frozen objects that died meanwhile leave the count), and nothing added to it
+        assert 0.99 * frozen <= gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
