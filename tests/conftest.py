@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 from pathlib import Path
 
 import pytest
@@ -58,10 +59,33 @@ def force_backend():
     _backend._forced = saved
 
 
+def _real_data(path: Path) -> Path:
+    """``path`` if it exists; else skip the test (in CI fail: there the real-data tests must run)."""
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"real data not found at {path} (set STEU_DATA_ROOT)")
+        pytest.skip(f"real data not found at {path} (set STEU_DATA_ROOT)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def medical_abstracts_root():
-    if not (MEDICAL_ABSTRACTS / "medical_tc_test.csv").exists():
-        if os.environ.get("CI"):  # in CI the real-data tests must run, never silently skip
-            pytest.fail(f"real data not found at {MEDICAL_ABSTRACTS} (set STEU_DATA_ROOT)")
-        pytest.skip(f"real data not found at {MEDICAL_ABSTRACTS} (set STEU_DATA_ROOT)")
+    _real_data(MEDICAL_ABSTRACTS / "medical_tc_test.csv")
     return str(MEDICAL_ABSTRACTS)
+
+
+@pytest.fixture(scope="session")
+def pubmedqa_path() -> Path:
+    return _real_data(DATA_ROOT / "pubmedqa" / "ori_pqal.json")
+
+
+def torchrun_setup():
+    """``(port, env)`` for launching ``torch.distributed.run`` from a test: a free local port, and this
+    environment with one thread per process and no rank variables inherited from an outer launcher."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return port, env

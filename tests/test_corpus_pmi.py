@@ -11,13 +11,13 @@ import gzip
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import torchrun_setup
 
 from steu_ext.cli import EXIT_BAD_INPUT, main
 from steu_ext.data import stream
@@ -232,9 +232,8 @@ def test_torchrun_two_gloo_ranks_equal_single_process(tok, abstracts, reference,
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     ref, data, _ = reference
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port, env = torchrun_setup()
+    env["PYTHONPATH"] = _env()["PYTHONPATH"]
     out = tmp_path / "dist"
     proc = subprocess.run(
         [
@@ -270,7 +269,7 @@ def test_torchrun_two_gloo_ranks_equal_single_process(tok, abstracts, reference,
             "--out",
             str(out),
         ],
-        env=_env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=180,

@@ -8,7 +8,6 @@ import copy
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import torchrun_setup
 
 from steu_ext.data.concepts import ConceptHierarchy, example_hierarchy_path, load_hierarchy
 from steu_ext.data.qa import QAItem
@@ -628,12 +628,7 @@ def test_hds_trainer_ddp_two_processes_equals_one(tiny, tmp_path, question_weigh
                    "question_target": 7.0 if question_weight else None}}))
     worker = tmp_path / "worker.py"
     worker.write_text(_DDP_WORKER)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    port, env = torchrun_setup()
     cmds = {1: [sys.executable, str(worker), str(base), str(data), str(tmp_path / "one"), "4"],
             2: [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
                 "127.0.0.1", "--master-port", str(port), str(worker), str(base), str(data), str(tmp_path / "two"),
@@ -705,16 +700,6 @@ def test_cli_hds(tmp_path):
     args[args.index(str(h))] = str(bad)
     assert main(args) == 2
     assert not any(p.name.startswith((".x", ".y", ".z", "x", "y", "z")) for p in tmp_path.iterdir())
-
-
-@pytest.fixture(scope="module")
-def pubmedqa_path():
-    p = DATA_ROOT / "pubmedqa" / "ori_pqal.json"
-    if not p.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"real data not found at {p} (set STEU_DATA_ROOT)")
-        pytest.skip(f"real data not found at {p} (set STEU_DATA_ROOT)")
-    return p
 
 
 @pytest.fixture(scope="module")

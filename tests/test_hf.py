@@ -5,8 +5,6 @@ DDP with torchrun on CPU."""
 from __future__ import annotations
 
 import copy
-import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +12,7 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import torchrun_setup
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -471,10 +470,7 @@ def test_ddp_two_processes_gloo(notes, tmp_path):
     tok.save_pretrained(base)  # every rank must load the same tokenizer
     worker = tmp_path / "worker.py"
     worker.write_text(_DDP_WORKER)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    port, env = torchrun_setup()
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                            "--master-addr", "127.0.0.1", "--master-port", str(port), str(worker), str(base),
                            str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=240,

@@ -22,16 +22,6 @@ from steu_ext.eval import qa as qa_eval
 DATA_ROOT = Path(os.environ.get("STEU_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
-@pytest.fixture(scope="module")
-def pubmedqa_path():
-    p = DATA_ROOT / "pubmedqa" / "ori_pqal.json"
-    if not p.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"real data not found at {p} (set STEU_DATA_ROOT)")
-        pytest.skip(f"real data not found at {p} (set STEU_DATA_ROOT)")
-    return p
-
-
 def test_pubmedqa_loader_and_surgical_domain(pubmedqa_path):
     items = load_pubmedqa(pubmedqa_path.parent)
     assert len(items) == 1000
