@@ -29,15 +29,14 @@ import multiprocessing as mp
 import os
 import resource
 import time
-from pathlib import Path
 
 import pytest
 from conftest import full_sizes
 
+from steu_ext import datasets
 from steu_ext.data import corpus_pmi
 
-DATA_ROOT = Path(os.environ.get("STEU_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
-ABSTRACTS = DATA_ROOT / "medical_abstracts" / "medical_tc_test.csv"
+ABSTRACTS = datasets.path("medical_abstracts") / "medical_tc_test.csv"
 N_DOCS = int(os.environ.get("STEU_BENCH_PMI_DOCS", 100_000 if full_sizes() else 4 * 2888))
 WORKERS = [
     int(w)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from steu_ext import datasets
 from steu_ext.data.concepts import example_hierarchy_path, load_hierarchy
 from steu_ext.data.qa import load_pubmedqa, split_domain, subsample
 from steu_ext.eval.qa import accuracy, continuation_of, evaluate_qa, prompt_of, sequence_nll
@@ -33,7 +34,7 @@ from steu_ext.eval.report import versions
 from steu_ext.methods import hds
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = Path(os.environ.get("STEU_DATA_ROOT", HERE.parents[1] / "shared" / "data")) / "pubmedqa"
+DEFAULT_DATA = datasets.path("pubmedqa")
 
 
 QUESTION_METHOD = re.compile(r"hds_question_w([0-9.]+)$")

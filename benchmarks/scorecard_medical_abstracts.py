@@ -15,6 +15,7 @@ import os
 import sys
 import time
 
+from steu_ext import datasets
 from steu_ext.data import load_medical_abstracts, stratified_split
 from steu_ext.eval.probe import ProbeConfig
 from steu_ext.eval.relearn import RelearnConfig
@@ -23,12 +24,11 @@ from steu_ext.methods.compare import run_compare
 from steu_ext.methods.steu import STEUConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = os.environ.get("STEU_DATA_ROOT", os.path.join(HERE, "..", "..", "shared", "data"))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=os.path.join(DATA, "medical_abstracts"))
+    ap.add_argument("--data", default=str(datasets.path("medical_abstracts")))
     ap.add_argument("--docs", type=int, default=800, help="stratified subset size (0 = all 2,888)")
     ap.add_argument("--max-length", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +19,6 @@ from conftest import torchrun_setup
 from steu_ext.data.concepts import ConceptHierarchy, example_hierarchy_path, load_hierarchy
 from steu_ext.data.qa import QAItem
 from steu_ext.methods import hds
-
-DATA_ROOT = Path(os.environ.get("STEU_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 QUESTIONS = [("Is laparoscopic cholecystectomy safe in patients with cells?", 0, True),
              ("Does splenectomy change the risk?", 1, True),

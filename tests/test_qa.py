@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +16,6 @@ from steu_ext.data.qa import (
     subsample,
 )
 from steu_ext.eval import qa as qa_eval
-
-DATA_ROOT = Path(os.environ.get("STEU_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def test_pubmedqa_loader_and_surgical_domain(pubmedqa_path):
