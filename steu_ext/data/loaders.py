@@ -105,3 +105,24 @@ def stratified_split(labels: Sequence[Sequence[int]], test_fraction: float, seed
         test += idx[:n_test]
         train += idx[n_test:]
     return sorted(train), sorted(test)
+
+
+def split_protocol(labels, test_fraction: float, probe_fraction: float, seed: int,
+                   max_train_docs: Optional[int] = None):
+    """``(train, probe, test)`` document indices, each stratified by label set with a fixed seed: the test
+    split first, then the probe split (``probe_fraction`` of all documents; 0 for none) from the rest, then
+    at most ``max_train_docs`` of what remains for training."""
+    if not 0 <= probe_fraction < 1 or test_fraction + probe_fraction >= 1:
+        raise ValueError(f"probe_fraction must lie in [0, 1) with test_fraction + probe_fraction < 1, got "
+                         f"{probe_fraction} and {test_fraction}")
+    if max_train_docs is not None and max_train_docs < 2:
+        raise ValueError(f"max_train_docs must be >= 2 or None, got {max_train_docs}")
+    rest, test = stratified_split(labels, test_fraction, seed)
+    probe: List[int] = []
+    if probe_fraction > 0:
+        a, b = stratified_split([labels[i] for i in rest], probe_fraction / (1 - test_fraction), seed + 7)
+        rest, probe = [rest[i] for i in a], [rest[i] for i in b]
+    if max_train_docs is not None and len(rest) > max_train_docs:
+        _, keep = stratified_split([labels[i] for i in rest], max_train_docs / len(rest), seed + 13)
+        rest = [rest[i] for i in keep]
+    return sorted(rest), sorted(probe), sorted(test)

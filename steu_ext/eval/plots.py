@@ -140,3 +140,38 @@ def plot_scorecard(path: str, rows: Sequence[Mapping], title: Optional[str] = No
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_probe_vs_retain(path: str, panels: Mapping[str, Sequence[Mapping]], title: Optional[str] = None) -> str:
+    """One panel per target class: x = retain average F1, y = probe F1 of the target class, one point per
+    method with ±sd error bars (``panels[target]`` are aggregated rows with ``method``, ``retain_macro_f1``
+    / ``probe_f1`` ``{"mean", "sd"}``). The gold standard (``retrain``) is a black star with a ±0.05 band
+    around its probe F1 (where an edit is indistinguishable from it), the original a grey diamond."""
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10")
+    n = max(1, len(panels))
+    fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 4.8), squeeze=False)
+    for ax, (target, rows) in zip(axes[0], panels.items()):
+        gold = next((r for r in rows if r["method"] == "retrain" and r["probe_f1"]["mean"] is not None), None)
+        if gold is not None:
+            g = gold["probe_f1"]["mean"]
+            ax.axhspan(g - 0.05, g + 0.05, color="k", alpha=0.07, lw=0, label="gold ± 0.05")
+        for j, r in enumerate(rows):
+            x, y = r["retain_macro_f1"], r["probe_f1"]
+            if y["mean"] is None:
+                continue
+            style = {"retrain": dict(marker="*", color="k", ms=14),
+                     "original": dict(marker="D", color="0.45", ms=8)}.get(r["method"],
+                                                                         dict(marker="o", color=cmap(j % 10), ms=7))
+            ax.errorbar(x["mean"], y["mean"], xerr=x["sd"] or 0, yerr=y["sd"] or 0, ls="none", capsize=3,
+                        label=r["method"], **style)
+        ax.set_xlabel("retain average F1 (held-out)")
+        ax.set_ylabel("probe F1 of the target class")
+        ax.set_title(f"forgetting {target!r}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(title or "Probe recovery vs retained utility (mean ± sd over seeds)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

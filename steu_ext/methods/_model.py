@@ -124,3 +124,20 @@ def predictions(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
     if multi_label:
         return (logits > 0).to(torch.int64)
     return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(torch.int64)
+
+
+def pooled_features(hidden: torch.Tensor, attention_mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """``{"mean", "cls"}`` float32 ``[B, D]``: the attention-masked mean and the first position ([CLS]) of a
+    last-layer hidden state ``[B, L, D]`` — the features a linear probe reads (:mod:`steu_ext.eval.probe`)."""
+    h = hidden.float()
+    m = attention_mask.unsqueeze(-1).to(h.dtype)
+    return {"mean": (h * m).sum(1) / m.sum(1).clamp_min(1), "cls": h[:, 0]}
+
+
+def last_hidden(outputs) -> torch.Tensor:
+    """The last layer's hidden states of a forward pass run with ``output_hidden_states=True``."""
+    hs = getattr(outputs, "hidden_states", None)
+    if not hs:
+        raise ValueError("the model returned no hidden states (output_hidden_states=True is not supported "
+                         "by this architecture); use STEUConfig(objective='paper')")
+    return hs[-1]

@@ -13,7 +13,8 @@ labels, target, *, config, label_names, encoded, progress)`` — modifies ``mode
   only (the target label is never positive there).
 - :func:`retrain` — the gold standard: redo the original fine-tuning (``finetune.train_classifier``)
   from the pretrained base model on the retain documents only.
-- :func:`steu_embeddings_only`, :func:`steu_head_only` — the two STEU ablations.
+- :func:`steu_embeddings_only`, :func:`steu_head_only` — the two STEU ablations; :func:`steu_paper` — STEU
+  with the paper's (behavioural) objective instead of the representation-level default.
 - :func:`bias_suppression`, :func:`logit_masking` — *trivial* baselines that train nothing: they edit the
   output layer so the target class is never predicted (one bias element; or the target's weight row and
   bias). They reach forget F1 ~ 0 while the encoder, and so everything a probe or a relearning attack
@@ -32,14 +33,14 @@ import math
 import random
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._model import Encoded, embedding_param_name, find_head, is_multi_label, predict_logits
-from .finetune import _output_layer, train_classifier
+from .finetune import _output_layer, finetune_cached
 from .steu import (
     STEUConfig,
     STEUResult,
@@ -291,10 +292,12 @@ def retain_finetune(model: nn.Module, tokenizer, texts: Sequence[str], labels, t
 def retrain(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
             config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
             encoded: Optional[Encoded] = None, progress: bool = False, mode: str = "head",
-            epochs: int = 30, lr: Optional[float] = None, seed: Optional[int] = None) -> BaselineResult:
+            epochs: int = 30, lr: Optional[float] = None, seed: Optional[int] = None,
+            cache_dir: Optional[str] = None) -> BaselineResult:
     """Retrain from scratch without the forget set: ``model`` must be the *pretrained base* (before the
     original fine-tuning); it is fine-tuned with ``finetune.train_classifier`` (same ``mode``, ``epochs``,
-    ``lr`` and ``seed`` as the original fine-tuning) on the retain documents only."""
+    ``lr`` and ``seed`` as the original fine-tuning) on the retain documents only. ``cache_dir``: reuse a
+    stored result (:func:`~steu_ext.methods.finetune.finetune_cached`)."""
     cfg = config or STEUConfig()
     t0 = time.perf_counter()
     _, _, multi, data, _, retain = _prepare(model, tokenizer, texts, labels, target, cfg, label_names,
@@ -303,8 +306,8 @@ def retrain(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *
     trainable = (list(find_head(model, cfg.head_modules)) if mode == "head"
                  else [n for n, p in model.named_parameters() if p.requires_grad])
     t1 = time.perf_counter()
-    losses = train_classifier(model, data, retain, mode=mode, epochs=epochs, lr=lr, seed=seed,
-                              multi_label=multi, head_modules=cfg.head_modules, progress=progress)
+    losses = finetune_cached(model, data, retain, cache_dir=cache_dir, mode=mode, epochs=epochs, lr=lr, seed=seed,
+                             multi_label=multi, head_modules=cfg.head_modules, progress=progress)["losses"] or []
     t2 = time.perf_counter()
     history = [{"epoch": e, "loss": v} for e, v in enumerate(losses)]
     allowed = set(trainable)
@@ -315,7 +318,7 @@ def retrain(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *
                            "retain_docs": len(retain)}, trainable_elements=n_elements)
 
 
-def _steu_variant(method: str, change: Dict[str, bool], model, tokenizer, texts, labels, target, config,
+def _steu_variant(method: str, change: Dict[str, Any], model, tokenizer, texts, labels, target, config,
                   label_names, encoded, progress) -> BaselineResult:
     cfg = replace(config or STEUConfig(), **change)
     t0 = time.perf_counter()
@@ -345,6 +348,15 @@ def steu_head_only(model: nn.Module, tokenizer, texts: Sequence[str], labels, ta
     """STEU ablation: only the classification head trains (``STEUConfig(train_embeddings=False)``)."""
     return _steu_variant("steu_head_only", {"train_embeddings": False}, model, tokenizer, texts, labels,
                          target, config, label_names, encoded, progress)
+
+
+def steu_paper(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
+               config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
+               encoded: Optional[Encoded] = None, progress: bool = False) -> BaselineResult:
+    """STEU with the paper's objective (``STEUConfig(objective="paper")``: forget loss + distillation, no
+    representation-level term) — the published, behavioural setting."""
+    return _steu_variant("steu_paper", {"objective": "paper"}, model, tokenizer, texts, labels, target, config,
+                         label_names, encoded, progress)
 
 
 def steu(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
