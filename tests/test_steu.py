@@ -135,6 +135,10 @@ def test_steu_touches_only_selected_rows_and_head(multi_label):
 
 def test_steu_bad_input():
     model, tok, texts, labels = _tiny(True)
+    for bad, msg in ((dict(objective="behaviour"), "unknown objective"), (dict(repr_weight=-1), "repr_weight"),
+                     (dict(repr_features=("pooled",)), "repr_features"), (dict(repr_refit_every=-1), "refit")):
+        with pytest.raises(ValueError, match=msg):
+            unlearn(model, tok, texts, labels, 0, config=STEUConfig(k=3, **bad))
     with pytest.raises(ValueError, match="unknown class name 'oncology'"):
         unlearn(model, tok, texts, labels, "oncology", label_names=["cardio", "pulm"])
     with pytest.raises(ValueError, match="out of range"):
@@ -208,3 +212,38 @@ def test_paper_objective_reproduces_the_paper_setting(multi_label):
     unlearn(model, tok, texts, labels, 0, config=STEUConfig(k=3, epochs=2, batch_size=4, **PAPER))
     for (n, p), q in zip(model.named_parameters(), ref.parameters()):
         assert torch.equal(p, q), n
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_representation_objective_pulls_forget_docs_back_along_the_class_direction(multi_label):
+    """The default objective: a logistic regression on the original's pooled features gives the class
+    direction; after unlearning, the forget documents' logit along it has moved towards the retain level
+    (and the term is bounded: zero once a document is there). Only rows + head change."""
+    from steu_ext.methods._model import last_hidden, pooled_features
+    from steu_ext.methods.steu import prepare
+
+    model, tok, texts, labels = _tiny(multi_label)
+    original = snapshot(model)
+    cfg = STEUConfig(k=4, epochs=3, batch_size=4, lr=1e-2)
+    plan = prepare(model, tok, texts, labels, 0, config=cfg, teacher_logits=False)
+    assert set(plan.directions) == {"mean", "cls"}
+    for d in plan.directions.values():
+        assert d.forget_mean > d.aim and d.w.shape == (128,)
+    refit = copy.deepcopy(model)
+    res = unlearn(model, tok, texts, labels, 0, config=cfg)
+    # measured along the *original* directions: the forget documents moved towards the retain level
+    b = plan.data.batch(plan.forget)
+    with torch.no_grad():
+        pooled = pooled_features(last_hidden(model(**b, output_hidden_states=True)), b["attention_mask"])
+    for f, d in plan.directions.items():
+        assert float((pooled[f] @ d.w + d.b).mean()) < d.forget_mean, f
+    # refitting the directions on the edited model each epoch is a different (stronger) computation
+    res2 = unlearn(refit, tok, texts, labels, 0, config=STEUConfig(k=4, epochs=3, batch_size=4, lr=1e-2,
+                                                                  repr_refit_every=1))
+    assert not torch.equal(refit.bert.embeddings.word_embeddings.weight, model.bert.embeddings.word_embeddings.weight)
+    assert res2.edit.meta["class_directions"] == res.edit.meta["class_directions"]  # the original's, in both
+    assert "repr_loss" in res.history[0] and all(r["repr_loss"] >= 0 for r in res.history)
+    assert res.edit.meta["class_directions"].keys() == {"mean", "cls"}
+    mod = modified_parameters(model, original)
+    assert set(mod["per_tensor"]) <= {"bert.embeddings.word_embeddings.weight", "classifier.weight",
+                                      "classifier.bias"}

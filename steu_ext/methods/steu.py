@@ -87,6 +87,7 @@ class STEUConfig:
     repr_weight: float = 1.0          # mu: weight of the representation-level forget term
     repr_features: Tuple[str, ...] = ("mean", "cls")  # pooled last-layer features the term acts on
     repr_C: float = 1.0               # inverse L2 strength of the logistic regression giving the direction
+    repr_refit_every: int = 0         # refit the directions on the edited model every N epochs (0: never)
 
     def validate(self, vocab_size: int) -> None:
         if self.measure not in MEASURES:
@@ -105,6 +106,8 @@ class STEUConfig:
         if self.objective == "representation":
             if not self.repr_weight >= 0 or not self.repr_C > 0:
                 raise ValueError("repr_weight must be >= 0 and repr_C > 0")
+            if not isinstance(self.repr_refit_every, int) or self.repr_refit_every < 0:
+                raise ValueError(f"repr_refit_every must be an int >= 0, got {self.repr_refit_every!r}")
             bad = [f for f in self.repr_features if f not in ("mean", "cls")]
             if bad or not self.repr_features:
                 raise ValueError(f"repr_features must be a non-empty subset of ('mean', 'cls'), got "
@@ -417,6 +420,10 @@ def unlearn(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *
         bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="STEU", unit="step")
     try:
         for epoch in range(cfg.epochs):
+            if directions is not None and cfg.repr_refit_every and epoch and epoch % cfg.repr_refit_every == 0:
+                # where the *edited* model still separates the class (stronger removal, costs retain F1)
+                directions = class_directions(model, data, forget, retain, features=cfg.repr_features,
+                                              C=cfg.repr_C)
             f_order = forget[:]
             rng.shuffle(f_order)
             for s in range(steps_per_epoch):
@@ -458,9 +465,9 @@ def unlearn(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *
     meta = {"method": "steu", "target": target, "target_name": names[target], "label_names": names,
             "config": asdict(cfg), "selected_tokens": rows.tolist(), "multi_label": multi,
             "base_model": getattr(model.config, "_name_or_path", None)}
-    if directions is not None:
+    if plan.directions is not None:
         meta["class_directions"] = {f: {"aim": d.aim, "forget_mean_before": d.forget_mean}
-                                    for f, d in directions.items()}
+                                    for f, d in plan.directions.items()}
     edit = STEUEdit.from_diff(original, model, emb_name, head if cfg.train_head else {}, meta)
     seconds = {"tokenize": plan.seconds["tokenize"], "count_and_select": plan.seconds["count_and_select"],
                **({"class_directions": plan.seconds["class_directions"]} if "class_directions" in plan.seconds
