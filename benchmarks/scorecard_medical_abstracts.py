@@ -72,7 +72,8 @@ def main() -> int:
         "protocol": {"documents": len(data), "max_train_docs": a.max_train_docs, "test_fraction": a.test_fraction,
                      "probe_fraction": a.probe_fraction, "max_length": a.max_length,
                      "finetune": {"mode": "full", "epochs": a.finetune_epochs, "lr": a.finetune_lr,
-                                  "schedule": "AdamW, weight decay 0.01, linear warm-up 10 % then linear decay"},
+                                  "schedule": "AdamW, weight decay 0.01, linear warm-up 10 % then linear decay; "
+                                              "head bias initialised at the class priors"},
                      "torch_threads": torch.get_num_threads()},
     }
     res = run_scorecard(

@@ -147,7 +147,9 @@ def cmd_demo(a) -> int:
     print(f"data: {source}: {len(data)} documents, classes {data.label_names}")
     with _output_dir(a.out, True) as tmp:
         report = run_experiment(data, target, model=model, out_dir=tmp, config=_config(a),
-                                test_fraction=a.test_fraction, finetune_epochs=a.finetune_epochs, seed=a.seed,
+                                test_fraction=a.test_fraction, finetune_epochs=a.finetune_epochs,
+                                finetune_mode=a.finetune_mode, finetune_lr=a.finetune_lr,
+                                probe_fraction=a.probe_fraction, seed=a.seed,
                                 progress=not a.quiet, extra={"source": source})
     print(f"model: {report['model']}")
     print(f"forgot class {report['target_name']!r} with STEU (k={report['selected_tokens']['k']}):\n")
@@ -575,8 +577,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-docs", type=int, default=1200, help="synthetic corpus size")
     _steu_args(p)
     p.set_defaults(epochs=3)
-    p.add_argument("--finetune-epochs", type=int, default=30, help="0 = the model is already fine-tuned")
+    p.add_argument("--finetune-mode", default="full", choices=["full", "head"],
+                   help="fine-tune every parameter (as deployed classifiers are) or only the head")
+    p.add_argument("--finetune-epochs", type=int, default=None,
+                   help="default: 4 (full) / 30 (head); 0 = the model is already fine-tuned")
+    p.add_argument("--finetune-lr", type=float, default=None, help="default: 1e-4 (full) / 1e-2 (head)")
     p.add_argument("--test-fraction", type=float, default=0.3)
+    p.add_argument("--probe-fraction", type=float, default=0.15,
+                   help="share of the documents held out to fit the linear probe (0: no probe)")
     p.add_argument("--out", default="steu_report", help="report folder (replaced if it exists)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)

@@ -42,9 +42,9 @@ def trained(medical_abstracts_root):
     gold = copy.deepcopy(model)
     Y = label_matrix(data.labels, 5)
     enc = Encoded(tok, data.text, Y, max_length=CI_MAXLEN)
-    train_classifier(model, enc, train, mode="full", epochs=CI_EPOCHS, lr=CI_LR, seed=0)
+    train_classifier(model, enc, train, mode="full", epochs=CI_EPOCHS, lr=CI_LR, seed=0, prior_bias=True)
     train_classifier(gold, enc, [i for i in train if Y[i, TARGET] == 0], mode="full", epochs=CI_EPOCHS,
-                     lr=CI_LR, seed=0)
+                     lr=CI_LR, seed=0, prior_bias=True)
     f1 = per_class_f1(Y[test], predictions(predict_logits(model, enc, test), True))
     return dict(model=model, gold=gold, tok=tok, data=data, enc=enc, train=train, probe=probe, test=test, Y=Y,
                 f1=f1)

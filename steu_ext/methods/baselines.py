@@ -293,11 +293,12 @@ def retrain(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *
             config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
             encoded: Optional[Encoded] = None, progress: bool = False, mode: str = "head",
             epochs: int = 30, lr: Optional[float] = None, seed: Optional[int] = None,
-            cache_dir: Optional[str] = None) -> BaselineResult:
+            cache_dir: Optional[str] = None, prior_bias: bool = False) -> BaselineResult:
     """Retrain from scratch without the forget set: ``model`` must be the *pretrained base* (before the
     original fine-tuning); it is fine-tuned with ``finetune.train_classifier`` (same ``mode``, ``epochs``,
     ``lr`` and ``seed`` as the original fine-tuning) on the retain documents only. ``cache_dir``: reuse a
-    stored result (:func:`~steu_ext.methods.finetune.finetune_cached`)."""
+    stored result (:func:`~steu_ext.methods.finetune.finetune_cached`); ``prior_bias`` as in
+    :func:`~steu_ext.methods.finetune.train_classifier` (use the original fine-tuning's setting)."""
     cfg = config or STEUConfig()
     t0 = time.perf_counter()
     _, _, multi, data, _, retain = _prepare(model, tokenizer, texts, labels, target, cfg, label_names,
@@ -307,7 +308,8 @@ def retrain(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *
                  else [n for n, p in model.named_parameters() if p.requires_grad])
     t1 = time.perf_counter()
     losses = finetune_cached(model, data, retain, cache_dir=cache_dir, mode=mode, epochs=epochs, lr=lr, seed=seed,
-                             multi_label=multi, head_modules=cfg.head_modules, progress=progress)["losses"] or []
+                             multi_label=multi, head_modules=cfg.head_modules, progress=progress,
+                             prior_bias=prior_bias)["losses"] or []
     t2 = time.perf_counter()
     history = [{"epoch": e, "loss": v} for e, v in enumerate(losses)]
     allowed = set(trainable)

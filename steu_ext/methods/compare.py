@@ -143,8 +143,9 @@ def run_compare(data: TextClassificationData, target, *, methods: Sequence[str] 
         log.warning("%s is not installed: using a small randomly initialised BERT instead", DEFAULT_MODEL)
         model_desc = "tiny random BERT (2 layers, 128 hidden; WordPiece tokenizer trained on the data)"
         net, tok = ex.tiny_bert(data.text, len(names), multi, seed)
+        new_head = True
     else:
-        net, tok = ex.load_classifier(model, names, multi)
+        net, tok, new_head = ex.load_classifier(model, names, multi, return_new_head=True)
         kind = "offline MiniLM-L6 encoder, pretrained" if model == DEFAULT_MODEL else "pretrained"
         model_desc = f"{model} ({kind})"
     mode = finetune_mode
@@ -163,8 +164,9 @@ def run_compare(data: TextClassificationData, target, *, methods: Sequence[str] 
                          f"split (has {len(members)} and {len(nonmembers)})")
     base = copy.deepcopy(net) if "retrain" in methods else None  # the pretrained base, before fine-tuning
 
+    # a just-created head starts at the class priors (the gold standard at its own: the target never occurs)
     ft_kw = dict(mode=mode, epochs=finetune_epochs, lr=finetune_lr, seed=seed, multi_label=multi,
-                 head_modules=cfg.head_modules)
+                 head_modules=cfg.head_modules, prior_bias=new_head)
     t_ft = time.perf_counter()
     ft_cached = False
     if finetune_epochs > 0:
@@ -217,7 +219,8 @@ def run_compare(data: TextClassificationData, target, *, methods: Sequence[str] 
         if name in _TOP_N:
             kw["top_layers"] = top_layers
         if name == "retrain":
-            kw.update(mode=mode, epochs=finetune_epochs, seed=seed, lr=finetune_lr, cache_dir=cache_dir)
+            kw.update(mode=mode, epochs=finetune_epochs, seed=seed, lr=finetune_lr, cache_dir=cache_dir,
+                      prior_bias=new_head)
         torch.manual_seed(seed)
         t0, c0 = time.perf_counter(), time.process_time()
         res = _FUNCS[name](m, tok, train_texts, Y[train_idx], target_idx, **kw)

@@ -16,7 +16,7 @@ from ..data.loaders import TextClassificationData, split_protocol
 from ..eval.metrics import modified_parameters, per_class_f1, snapshot, unlearning_f1
 from ..eval.probe import ProbeConfig, extract_features, fit_probe
 from ..eval.report import plot_f1, write_json
-from ._model import Encoded, predict_logits, predictions
+from ._model import Encoded, find_head, predict_logits, predictions
 from .finetune import train_classifier
 from .steu import STEUConfig, label_matrix, resolve_target, unlearn
 
@@ -52,9 +52,11 @@ def tiny_bert(texts: Sequence[str], num_labels: int, multi_label: bool, seed: in
     return BertForSequenceClassification(cfg), tok
 
 
-def load_classifier(name_or_path: str, label_names: Sequence[str], multi_label: bool):
+def load_classifier(name_or_path: str, label_names: Sequence[str], multi_label: bool, *,
+                    return_new_head: bool = False):
     """``(model, tokenizer)`` from a hub name or a local folder, with a classification head for
-    ``label_names`` (a new head when the checkpoint has none or a different label set)."""
+    ``label_names`` (a new head when the checkpoint has none or a different label set). With
+    ``return_new_head=True`` also whether the head was newly initialised: ``(model, tokenizer, new)``."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     path = offline_minilm_path() if name_or_path == DEFAULT_MODEL else name_or_path
@@ -65,11 +67,17 @@ def load_classifier(name_or_path: str, label_names: Sequence[str], multi_label: 
     generic = all(str(n).startswith("LABEL_") for n in trained)
     if trained and not generic and list(trained) != list(label_names):
         raise ValueError(f"the model's label set {trained} does not match the data's {list(label_names)}")
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=len(label_names), ignore_mismatched_sizes=True,
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=len(label_names), ignore_mismatched_sizes=True, output_loading_info=True,
         problem_type="multi_label_classification" if multi_label else "single_label_classification",
         id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
-    return model, AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    if not return_new_head:
+        return model, tok
+    head = set(find_head(model))
+    fresh = set(info.get("missing_keys", [])) | {k[0] if isinstance(k, tuple) else k
+                                                  for k in info.get("mismatched_keys", [])}
+    return model, tok, bool(head & fresh)
 
 
 def _evaluate(model, data: Encoded, idx, multi: bool):
@@ -118,8 +126,9 @@ def run_experiment(data: TextClassificationData, target, *, model: str = DEFAULT
         log.warning("%s is not installed: using a small randomly initialised BERT instead", DEFAULT_MODEL)
         model_desc = "tiny random BERT (2 layers, 128 hidden; WordPiece tokenizer trained on the data)"
         net, tok = tiny_bert(data.text, len(names), multi, seed)
+        new_head = True
     else:
-        net, tok = load_classifier(model, names, multi)
+        net, tok, new_head = load_classifier(model, names, multi, return_new_head=True)
         model_desc = f"{model} ({'offline MiniLM-L6 encoder, pretrained' if model == DEFAULT_MODEL else 'pretrained'})"
     mode = finetune_mode or "full"
     if mode not in FINETUNE_DEFAULTS:
@@ -135,7 +144,8 @@ def run_experiment(data: TextClassificationData, target, *, model: str = DEFAULT
     t_ft = time.perf_counter()
     if finetune_epochs > 0:
         train_classifier(net, enc, train_idx, mode=mode, epochs=finetune_epochs, lr=finetune_lr, seed=seed,
-                         multi_label=multi, head_modules=cfg.head_modules, progress=progress)
+                         multi_label=multi, head_modules=cfg.head_modules, progress=progress,
+                         prior_bias=new_head)  # a just-created head starts at the class priors
     t_ft = time.perf_counter() - t_ft
     f1_before = _evaluate(net, enc, test_idx, multi)
     probe_before = probe_f1(net, enc, probe_idx, test_idx, target_idx) if probe_idx else None

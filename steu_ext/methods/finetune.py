@@ -48,12 +48,18 @@ def _output_layer(model: nn.Module, head_modules: Optional[List[str]]) -> nn.Lin
 def train_classifier(model: nn.Module, data: Encoded, idx: Sequence[int], *, mode: str = "head",
                      epochs: int = 20, lr: Optional[float] = None, batch_size: int = 32, seed: int = 0,
                      multi_label: Optional[bool] = None, head_modules: Optional[List[str]] = None,
-                     progress: bool = False, warmup: float = 0.1, weight_decay: float = 0.01) -> List[float]:
+                     progress: bool = False, warmup: float = 0.1, weight_decay: float = 0.01,
+                     prior_bias: bool = False) -> List[float]:
     """Fine-tune ``model`` in place on documents ``idx`` of ``data``; returns the per-epoch mean loss.
 
     ``mode="full"``: AdamW on every parameter at ``lr`` (default 5e-4; 1e-4 or less for pretrained
     encoders), ``weight_decay``, linear warm-up over ``warmup`` of the steps then linear decay to 0, dropout
-    on; the model is left in eval mode. ``mode="head"``: the output layer only, constant ``lr`` (1e-2)."""
+    on; the model is left in eval mode. ``mode="head"``: the output layer only, constant ``lr`` (1e-2).
+
+    ``prior_bias=True`` first sets the output layer's bias to the class priors of documents ``idx``
+    (log-odds for sigmoid heads, log-probabilities for softmax heads) — the usual start for a freshly
+    initialised head: without it, a sigmoid head spends its first epochs learning that every class is rare
+    and a short fine-tune can end predicting no class at all."""
     if mode not in ("head", "full"):
         raise ValueError(f"mode must be 'head' or 'full', got {mode!r}")
     if not 0 <= warmup < 1:
@@ -63,6 +69,8 @@ def train_classifier(model: nn.Module, data: Encoded, idx: Sequence[int], *, mod
     if not len(idx):
         raise ValueError("no documents to fine-tune on")
     multi = is_multi_label(model, multi_label)
+    if prior_bias:
+        set_prior_bias(model, data.labels[list(idx)], multi, head_modules)
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     idx = list(idx)
@@ -131,6 +139,19 @@ def train_classifier(model: nn.Module, data: Encoded, idx: Sequence[int], *, mod
         bar.close()
     model.eval()
     return losses
+
+
+@torch.no_grad()
+def set_prior_bias(model: nn.Module, labels: torch.Tensor, multi_label: bool,
+                   head_modules: Optional[List[str]] = None) -> None:
+    """Output-layer bias := the class priors of ``labels`` ``[N, C]`` (log-odds for sigmoid heads,
+    log-probabilities for softmax heads; clamped away from 0 and 1)."""
+    out = _output_layer(model, head_modules)
+    if out.bias is None:
+        raise ValueError("the output layer has no bias to initialise")
+    p = labels.float().mean(0).clamp(1e-4, 1 - 1e-4)
+    prior = torch.log(p / (1 - p)) if multi_label else torch.log(p / p.sum())
+    out.bias.copy_(prior.to(out.bias.dtype))
 
 
 def _digest(model: nn.Module, data: Encoded, idx: Sequence[int], settings: Dict[str, Any]) -> str:
