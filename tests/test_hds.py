@@ -901,11 +901,29 @@ def test_cli_hds(tmp_path):
     assert {"forgetting_rate", "forgetting_rate_chance_corrected", "preservation", "mia_auc"} <= set(rep["after"])
     assert rep["params_modified"]["modified"] > 0 and rep["config"]["forget_domains"] == ["surgery"]
     assert rep["config"]["question_weight"] == 0.0 and rep["config"]["question_target"] is None
+    assert rep["stopping"]["rule"] == "ForgettingStop"
+    # the edit: an unmerged PEFT adapter next to the report
+    assert {p.name for p in (out / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors",
+                                                            "steu_hds.json"}
+    assert rep["params_modified"]["merged_modified"] >= rep["params_modified"]["modified"] > 0
     out = tmp_path / "run_q"
     assert main(base + ["--teach-tiny", "--question-weight", "2", "--question-target", "6.5", "--out", str(out)]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["config"]["question_weight"] == 2.0 and rep["config"]["question_target"] == 6.5
-    assert main(base + ["--teach-tiny", "--question-weight", "2", "--out", str(tmp_path / "x")]) == 2   # no target
+    # --question-target auto (the default): from the stop half of the never-seen items only; the stopping
+    # rule "until indistinguishable" (default) uses the same half, the figures the other
+    out = tmp_path / "run_auto"
+    assert main(base + ["--teach-tiny", "--question-weight", "2", "--never-seen-fraction", "0.5", "--lora-layers",
+                        "0", "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["halves"] == {"stop": {"forget": 2, "never_seen": 2}, "report": {"forget": 1, "never_seen": 1},
+                             "disjoint": True}
+    assert rep["question_target"]["n"] == 2 and rep["config"]["question_target"] == rep["question_target"]["value"] > 0
+    assert rep["stopping"]["rule"] == "IndistinguishableStop" and rep["stopping"]["n_never_seen"] == 2
+    assert rep["config"]["lora_layers"] == [0]
+    assert main(base + ["--teach-tiny", "--question-weight", "2", "--out", str(tmp_path / "x")]) == 2   # 1 never-seen
+    assert main(base + ["--teach-tiny", "--stop", "indistinguishable", "--out", str(tmp_path / "x")]) == 2
+    assert main(base + ["--teach-tiny", "--question-target", "high", "--out", str(tmp_path / "x")]) == 2
     # a model in bf16 with bf16 autocast on the CPU
     out = tmp_path / "run_bf16"
     assert main(base + ["--teach-tiny", "--dtype", "bfloat16", "--bf16", "--device", "cpu", "--out", str(out)]) == 0

@@ -575,6 +575,10 @@ def lora_config(model: nn.Module, cfg: HDSConfig):
         layers = sorted(set(int(i) for i in cfg.lora_layers))
         if n is not None and layers[-1] >= n:
             raise ValueError(f"lora_layers {layers} out of range: the model has {n} layers (0..{n - 1})")
+        if targets == "all-linear":   # peft takes layers_to_transform with module names only
+            out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+            targets = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                              if isinstance(m, nn.Linear) and m is not out})
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=targets, lora_dropout=0.0,
                       bias="none", layers_to_transform=layers)
 
@@ -585,15 +589,14 @@ def lora_budget(model_or_config, cfg: HDSConfig) -> Dict[str, Any]:
     meta device (no memory) and wrapped with peft's own module matching.
     Returns ``{"lora_params", "total", "percent", "modules"}``."""
     from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
 
-    if isinstance(model_or_config, nn.Module):
+    conf = getattr(model_or_config, "config", None) if isinstance(model_or_config, nn.Module) else model_or_config
+    if conf is not None:
         with torch.device("meta"):
-            model = copy.deepcopy(model_or_config).to("meta")
-    else:
-        from transformers import AutoModelForCausalLM
-
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(model_or_config)
+            model = AutoModelForCausalLM.from_config(conf)
+    else:   # a module without a transformers config: a meta copy of its structure
+        model = copy.deepcopy(model_or_config).to("meta")
     total = sum(p.numel() for p in model.parameters())
     with torch.device("meta"):
         wrapped = get_peft_model(model, lora_config(model, cfg))
