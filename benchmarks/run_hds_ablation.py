@@ -13,6 +13,9 @@ the LoRA initialisation; the table gives mean +- sd over --seeds.
 
     python benchmarks/run_hds_ablation.py                 # 3 seeds, ~10-15 min per seed on 2 CPU cores
     python benchmarks/run_hds_ablation.py --explore --seeds 0 --methods hds   # stop-half traces only
+    # seeds in parallel processes, then one run:
+    for s in 0 1 2; do python benchmarks/run_hds_ablation.py --seeds $s --partial-out /tmp/s$s.json & done; wait
+    python benchmarks/run_hds_ablation.py --merge /tmp/s0.json,/tmp/s1.json,/tmp/s2.json
 
 Appends one run to benchmarks/results/hds_ablation_pubmedqa.json and regenerates the .md (newest first).
 """
@@ -165,12 +168,25 @@ def main(argv=None):
     ap.add_argument("--explore", action="store_true", help="print the stop-half traces only (choosing a config "
                                                            "without looking at the report half); writes nothing")
     ap.add_argument("--out", default=str(HERE / "results" / "hds_ablation_pubmedqa.json"))
+    ap.add_argument("--partial-out", default=None, help="write this process's seeds to a JSON file (to run seeds "
+                                                        "in parallel processes) instead of appending a run")
+    ap.add_argument("--merge", default=None, help="comma-separated --partial-out files: append them as one run")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     methods = a.methods.split(",")
-    seeds = [run_seed(a, int(s), methods) for s in a.seeds.split(",")]
+    if a.merge:   # seeds run as separate processes (--partial-out), gathered into one run
+        parts = [json.loads(Path(f).read_text()) for f in a.merge.split(",")]
+        seeds = [s for part in parts for s in part["seeds"]]
+        a = argparse.Namespace(**{**parts[0]["args"], "out": a.out})
+        t0 -= sum(part["wall_seconds"] for part in parts) / max(len(parts), 1)
+    else:
+        seeds = [run_seed(a, int(s), methods) for s in a.seeds.split(",")]
     if a.explore:
+        return 0
+    if a.partial_out:
+        Path(a.partial_out).write_text(json.dumps({"args": vars(a), "seeds": seeds,
+                                                   "wall_seconds": time.perf_counter() - t0}, default=str))
         return 0
     run = {"format": 2, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(), "args": vars(a),
            "stopping": f"until indistinguishable: |forget acc - gold's| <= {a.band} and |MIA AUC - 0.5| <= "
