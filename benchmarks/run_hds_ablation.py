@@ -11,7 +11,7 @@ are reported on the disjoint **report** half. The question target (HDS rows) is 
 half's never-seen items (never taught), with the original model. Seeds change the subsets, the model and
 the LoRA initialisation; the table gives mean +- sd over --seeds.
 
-    python benchmarks/run_hds_ablation.py                 # 3 seeds, ~10-15 min per seed on 2 CPU cores
+    python benchmarks/run_hds_ablation.py                 # 3 seeds, ~5-10 min per seed on an idle CPU core
     python benchmarks/run_hds_ablation.py --explore --seeds 0 --methods hds   # stop-half traces only
     # seeds in parallel processes, then one run:
     for s in 0 1 2; do python benchmarks/run_hds_ablation.py --seeds $s --partial-out /tmp/s$s.json & done; wait
@@ -57,13 +57,14 @@ def method_config(name, a, question_target):
 def run_seed(a, seed, methods, log=print):
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    cache = Path(a.cache) / f"protocol_seed{seed}.pt" if a.cache else None
+    key = f"f{a.n_forget}n{a.n_never}r{a.n_retain}p{a.pretrain_epochs}a{a.pretrain_abstracts}c{a.pretrain_contexts}"
+    cache = Path(a.cache) / f"protocol_{key}_seed{seed}.pt" if a.cache else None
     if cache is not None and cache.exists():
         p = torch.load(cache, weights_only=False)
     else:
         p = hp.build_protocol(a.data, n_forget=a.n_forget, n_never=a.n_never, n_retain=a.n_retain, seed=seed,
                               pretrain_epochs=a.pretrain_epochs, pretrain_abstracts=a.pretrain_abstracts,
-                              max_length=a.max_length, log=log)
+                              pretrain_contexts=a.pretrain_contexts, max_length=a.max_length, log=log)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             torch.save(p, cache)
@@ -149,12 +150,13 @@ def main(argv=None):
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--n-forget", type=int, default=80)
     ap.add_argument("--n-never", type=int, default=80)
-    ap.add_argument("--n-retain", type=int, default=240)
+    ap.add_argument("--n-retain", type=int, default=120)
     ap.add_argument("--pretrain-epochs", type=int, default=1)
-    ap.add_argument("--pretrain-abstracts", type=int, default=1000)
+    ap.add_argument("--pretrain-abstracts", type=int, default=300)
+    ap.add_argument("--pretrain-contexts", type=int, default=300)
     ap.add_argument("--band", type=float, default=0.05)
     ap.add_argument("--auc-band", type=float, default=0.05)
-    ap.add_argument("--max-epochs", type=int, default=60)
+    ap.add_argument("--max-epochs", type=int, default=40)
     ap.add_argument("--lr-lora", type=float, default=1e-2)
     ap.add_argument("--lr-full", type=float, default=3e-4)
     ap.add_argument("--lora-r", type=int, default=2)

@@ -141,11 +141,12 @@ def gold_distance(figs: Dict[str, Any], gold: Dict[str, Any]) -> Dict[str, float
 
 def build_protocol(data, *, n_forget: int = 80, n_never: int = 80, n_retain: int = 240,
                    stop_fraction: float = 0.5, seed: int = 0, hidden: int = 64, layers: int = 2,
-                   pretrain_epochs: int = 1, pretrain_abstracts: Optional[int] = None, n_heldout_texts: int = 60,
+                   pretrain_epochs: int = 1, pretrain_abstracts: Optional[int] = None,
+                   pretrain_contexts: Optional[int] = None, n_heldout_texts: int = 60,
                    hierarchy: Optional[ConceptHierarchy] = None, forget_domains: Sequence[str] = ("surgery",),
                    max_length: int = 64, teach_epochs: int = 200, log=print) -> Protocol:
     """Build the protocol (see the module docstring). ``pretrain_epochs=0`` skips the medical-language
-    stage; ``pretrain_abstracts`` caps the abstracts used (all when None)."""
+    stage; ``pretrain_abstracts`` / ``pretrain_contexts`` cap the abstracts and contexts used (all when None)."""
     if not 0 < stop_fraction < 1:
         raise ValueError("stop_fraction must be in (0, 1)")
     t0 = time.perf_counter()
@@ -169,6 +170,8 @@ def build_protocol(data, *, n_forget: int = 80, n_never: int = 80, n_retain: int
     if pretrain_abstracts is not None:
         abstracts = abstracts[:pretrain_abstracts]
     contexts = [i.context for i in items if i.id not in used and i.context]
+    if pretrain_contexts is not None:
+        contexts = contexts[:pretrain_contexts]
     corpus = abstracts + contexts if pretrain_epochs > 0 else []
     qa_texts = [prompt_of(i) + continuation_of(i) for i in items]
     model, tok = hds.tiny_causal_lm(qa_texts + corpus, seed=seed, hidden=hidden, layers=layers)

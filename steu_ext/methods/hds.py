@@ -39,9 +39,21 @@ Per step, with a forget batch (items of the forget domain) and a retain batch:
   (:func:`steu_ext.grad_project_basis_`; rebuilding that basis by QR costs one host sync per step).
   The update is ``g_f' + lambda * g_r``. With Adam the step is
   rescaled per coordinate afterwards, so orthogonality holds for the gradient, exactly so for ``sgd``.
-* **parameter budget**: LoRA adapters via ``peft`` (``adapter="lora"``, configurable target modules) or
-  every parameter (``adapter="none"``, the classic baselines). The result reports the exact number of
-  elements that changed (adapter elements, and the dense base elements changed once merged).
+* **parameter budget**: LoRA adapters via ``peft`` (``adapter="lora"``; placement ``lora_targets`` /
+  ``lora_layers``, rank ``lora_r``; :func:`lora_budget` computes the share a placement trains, also for
+  a config only, e.g. a 7B Llama's, on the meta device) or every parameter (``adapter="none"``, the
+  classic baselines). The result reports the exact number of adapter elements trained and of base
+  elements a merge would change (:func:`merged_changes`), and ships the edit as an **unmerged PEFT
+  adapter** (:meth:`HDSResult.save_adapter`, :func:`load_adapter` with a base-fingerprint check,
+  :func:`remove_adapter` restores the base weights bit-exact).
+* **stopping**: ``monitor`` rules checked after every epoch. :class:`IndistinguishableStop` ("until
+  indistinguishable"): forget accuracy within a band of the never-seen level and loss-MIA AUC within a
+  band of 0.5, on items of its own (report on disjoint ones); it restores the closest epoch when never
+  met. :class:`ForgettingStop` keeps the paper's "forgetting rate >= target" framing.
+  :func:`estimate_question_target` takes ``question_target`` from never-taught items.
+* **one computation, two entry points**: :func:`unlearn` and ``HDSTrainer`` share :func:`epoch_order`,
+  :func:`retain_position`, the LoRA initialisation, :class:`HDSGradient`, a constant learning rate and
+  ``clip_norm`` as the only clipping, so at equal settings they train the same weights.
 * **DP-style noise** (optional): the batch update is clipped to ``clip_norm`` and Gaussian noise of
   std ``noise_multiplier * clip_norm`` is added. Clipping is per batch, not per example, and no
   accountant runs: **no privacy guarantee or budget is claimed**.
@@ -61,7 +73,8 @@ Per step, with a forget batch (items of the forget domain) and a retain batch:
 
 :func:`unlearn` returns a new model (the caller's model is not modified). GA, NPO and GradDiff are
 configurations of the same loop (:func:`baseline_config`). :func:`tiny_causal_lm` and :func:`teach` build
-the small randomly initialised LM of the offline protocol.
+the small randomly initialised LM of the offline protocol (with its gold standard in
+:mod:`steu_ext.experiments.hds_protocol`).
 """
 from __future__ import annotations
 
