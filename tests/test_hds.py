@@ -589,8 +589,8 @@ def test_hds_trainer_ddp_two_processes_equals_one(tiny, tmp_path, question_weigh
     """torchrun with 2 gloo processes on batches of 2 each ends with the same LoRA weights and Fisher EMA
     (max abs difference ~1e-7) as one process on batches of 4.
 
-    Why the runs are exactly comparable: the Trainer's seeded sampler draws the same permutation of the 8
-    forget examples in both runs, and accelerate's batch sharding gives rank r the per-rank batches
+    Why the runs are exactly comparable: HDSTrainer's sampler (``hds.epoch_order``, as in ``unlearn``) draws
+    the same permutation of the 8 forget examples in both runs, and accelerate's batch sharding gives rank r the per-rank batches
     r, r + 2, ... of that permutation, so global step k covers the same 4 examples as the one-process
     step k (asserted from what each process loaded); the retain partner of an example depends only on
     (seed, epoch, index); LoRA is initialised from the same seed. The questions differ in length and in

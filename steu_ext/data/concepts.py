@@ -39,6 +39,7 @@ __all__ = ["Concept", "ConceptHierarchy", "load_hierarchy", "LEVELS", "NEUTRAL",
 LEVELS = (1, 2, 3, 4)
 NEUTRAL, PRESERVE, TARGET = 0, 1, 2   # token roles
 FORMAT = "steu_ext.concepts/1"
+_WORD = re.compile(r"\w+")
 
 
 def example_hierarchy_path() -> str:
@@ -75,6 +76,16 @@ class ConceptHierarchy:
         # one pattern per term: overlapping occurrences of different terms are all found
         self._patterns = [(re.compile(r"(?<!\w)" + r"\s+".join(re.escape(w) for w in t.split()) + r"(?!\w)",
                                       re.IGNORECASE), ci) for t, ci in self._term_concept.items()]
+        # index by the term's first word (a run of \w): a term can only match a text holding that word
+        # whole, so a text is scanned with the patterns of its own words only (large MeSH/UMLS files)
+        self._by_first: Dict[str, List[int]] = {}
+        self._always: List[int] = []
+        for k, (t, _) in enumerate(self._term_concept.items()):
+            first = _WORD.search(t)
+            if first is None or first.start() > 0:
+                self._always.append(k)
+            else:
+                self._by_first.setdefault(first.group().casefold(), []).append(k)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> "ConceptHierarchy":
@@ -179,7 +190,14 @@ class ConceptHierarchy:
     def matches(self, text: str) -> List[Tuple[int, int, int]]:
         """Every term occurrence in ``text`` as ``(start, end, concept_index)`` character spans, sorted;
         occurrences of different terms may overlap."""
-        return sorted((m.start(), m.end(), ci) for pat, ci in self._patterns for m in pat.finditer(text))
+        if text.isascii():
+            ks = set(self._always)
+            for w in {m.group().casefold() for m in _WORD.finditer(text)}:
+                ks.update(self._by_first.get(w, ()))
+            pats = [self._patterns[k] for k in sorted(ks)]
+        else:   # case folding of non-ASCII text can differ from re.IGNORECASE's: scan with every pattern
+            pats = self._patterns
+        return sorted((m.start(), m.end(), ci) for pat, ci in pats for m in pat.finditer(text))
 
     def lookup(self, name: str) -> Optional[Concept]:
         """The concept whose name or one of whose terms is ``name`` (case- and whitespace-insensitive),
