@@ -424,6 +424,11 @@ def _load_qa(a):
     from .data import qa
 
     if a.format == "pubmedqa":
+        if a.hierarchy and a.forget_domains and not a.forget_mesh:   # from the items' MESHES through the hierarchy
+            from .data.concepts import load_hierarchy
+
+            return qa.load_pubmedqa(a.data, hierarchy=load_hierarchy(a.hierarchy),
+                                    forget_domains=a.forget_domains.split(","))
         return qa.load_pubmedqa(a.data, forget_mesh=a.forget_mesh.split(",") if a.forget_mesh else qa.SURGICAL_MESH)
     if a.format == "medmcqa":
         return qa.load_medmcqa(a.data, forget_subjects=a.forget_values.split(",") if a.forget_values else ("Surgery",))
@@ -751,7 +756,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="PubMedQA ori_pqal.json (or its folder), MedMCQA or QA JSONL")
     p.add_argument("--format", default="pubmedqa", choices=["pubmedqa", "medmcqa", "jsonl"])
     p.add_argument("--forget-mesh", default=None, help="pubmedqa: comma-separated MeSH substrings of the forget "
-                                                       "domain (default: surgical procedures)")
+                                                       "domain (default: with --hierarchy and --forget-domains, the "
+                                                       "items whose MESHES name a level 3-4 concept of those domains; "
+                                                       "else surgical procedures)")
     p.add_argument("--forget-values", default=None, help="medmcqa: forget subject_name(s) (default Surgery); "
                                                          "jsonl: forget values of --domain-column")
     p.add_argument("--question-column", default="question")

@@ -178,3 +178,18 @@ def test_pubmedqa_forget_domain_from_its_meshes_through_the_hierarchy(tmp_path, 
     assert all(not h.in_domains(i.tags, ["surgery"]) for i in items if not i.forget)
     with pytest.raises(ValueError, match="give both hierarchy and forget_domains"):
         load_pubmedqa(pubmedqa_path, hierarchy=h)
+
+
+def test_cli_hds_picks_the_pubmedqa_forget_domain_through_the_hierarchy(tmp_path, pubmedqa_path):
+    from steu_ext.cli import _load_qa, build_parser
+    from steu_ext.data.concepts import example_hierarchy_path
+    from steu_ext.data.qa import load_pubmedqa
+
+    h = example_hierarchy_path()
+    a = build_parser().parse_args(["hds", "--data", str(pubmedqa_path), "--teach-tiny", "--hierarchy", h,
+                                   "--forget-domains", "surgery", "--out", str(tmp_path / "o")])
+    got = [i.forget for i in _load_qa(a)]
+    assert got == [i.forget for i in load_pubmedqa(pubmedqa_path, hierarchy=load_hierarchy(h),
+                                                   forget_domains=["surgery"])]
+    a.forget_mesh = "ectomy"                       # explicit substrings still win
+    assert [i.forget for i in _load_qa(a)] == [i.forget for i in load_pubmedqa(pubmedqa_path, ["ectomy"])] != got
