@@ -180,7 +180,8 @@ def main(argv=None):
     if a.merge:   # seeds run as separate processes (--partial-out), gathered into one run
         parts = [json.loads(Path(f).read_text()) for f in a.merge.split(",")]
         seeds = [s for part in parts for s in part["seeds"]]
-        a = argparse.Namespace(**{**parts[0]["args"], "out": a.out})
+        a = argparse.Namespace(**{**parts[0]["args"], "out": a.out, "partial_out": None, "explore": False,
+                                  "seeds": ",".join(str(s["seed"]) for s in seeds)})
         t0 -= sum(part["wall_seconds"] for part in parts) / max(len(parts), 1)
     else:
         seeds = [run_seed(a, int(s), methods) for s in a.seeds.split(",")]
@@ -226,8 +227,8 @@ def markdown(run):
              f"Tiny Llama ({p0['params_total']:,} parameters, vocab {p0['vocab']}), pretrained on "
              f"{p0['pretrain_texts']['abstracts']} medical abstracts + {p0['pretrain_texts']['contexts']} unused "
              f"PubMedQA contexts ({a['pretrain_epochs']} epoch), then taught {sz['forget_stop'] + sz['forget_report']} "
-             f"surgical + {sz['retain']} other PubMedQA questions (forget domain: items whose own MeSH headings "
-             f"name a level 3-4 *surgery* concept of the hierarchy). Gold standard: the same pretrained model "
+             f"surgical + {sz['retain']} other PubMedQA questions (forget domain: items one of whose own MeSH "
+             f"headings names, else mentions, a level 3-4 *surgery* concept of the shipped hierarchy). Gold standard: the same pretrained model "
              f"taught the {sz['retain']} other questions only, same schedule. Figures on the **report** half "
              f"({sz['forget_report']} forget items, {sz['never_report']} never-seen surgical items as MIA "
              f"non-members); the stopping rule and the question target used only the **stop** half "
