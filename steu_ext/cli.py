@@ -6,6 +6,7 @@
     steu evaluate --data test.csv --model FINETUNED [--edit run/edit.safetensors] --target sepsis
     steu compare  --data notes.csv --target sepsis --methods steu,gradient_ascent,retrain --out cmp/
     steu hds      --data pubmedqa/ --teach-tiny --hierarchy concepts.yaml --forget-domains surgery --out hds/
+    steu hierarchy --from-mesh desc2025.xml --forget-branch E04=surgery --out concepts.yaml
     steu apply-edit  --model BASE --edit run/edit.safetensors --out edited/
     steu revert-edit --model edited/ --edit run/edit.safetensors --out restored/
 
@@ -446,6 +447,11 @@ def _load_qa(a):
     from .data import qa
 
     if a.format == "pubmedqa":
+        if a.hierarchy and a.forget_domains and not a.forget_mesh:   # from the items' MESHES through the hierarchy
+            from .data.concepts import load_hierarchy
+
+            return qa.load_pubmedqa(a.data, hierarchy=load_hierarchy(a.hierarchy),
+                                    forget_domains=a.forget_domains.split(","))
         return qa.load_pubmedqa(a.data, forget_mesh=a.forget_mesh.split(",") if a.forget_mesh else qa.SURGICAL_MESH)
     if a.format == "medmcqa":
         return qa.load_medmcqa(a.data, forget_subjects=a.forget_values.split(",") if a.forget_values else ("Surgery",))
@@ -494,19 +500,29 @@ def cmd_hds(a) -> int:
         raise BadInput("--never-seen-fraction must be in [0, 1)")
     if a.stop_at_forgetting is not None and not 0.0 < a.stop_at_forgetting <= 1.0:
         raise BadInput("--stop-at-forgetting must be in (0, 1]")
+    if not 0.0 < a.stop_fraction < 1.0:
+        raise BadInput("--stop-fraction must be in (0, 1)")
+    qt_auto = str(a.question_target).lower() == "auto"
+    if not qt_auto:
+        try:
+            a.question_target = float(a.question_target)
+        except ValueError:
+            raise BadInput(f"--question-target must be 'auto' or a number, got {a.question_target!r}") from None
     items = _load_qa(a)
     hierarchy = load_hierarchy(a.hierarchy) if a.hierarchy else None
+    layers = [int(x) for x in a.lora_layers.split(",")] if a.lora_layers else None
     base = hds.HDSConfig(forget_loss=a.forget_loss, retain_loss=a.retain_loss, retain_weight=a.retain_weight,
                          projection=a.projection, fisher=not a.no_fisher, subspace=a.subspace,
-                         adapter=a.adapter, lora_r=a.lora_r, lr=a.lr,
+                         adapter=a.adapter, lora_r=a.lora_r, lr=a.lr, lora_layers=layers,
                          lora_targets=a.lora_targets if a.lora_targets == "all-linear" else a.lora_targets.split(","),
                          epochs=a.epochs, batch_size=a.batch_size, max_length=a.max_length,
                          forget_domains=a.forget_domains.split(",") if a.forget_domains else None,
                          clip_norm=a.clip_norm, noise_multiplier=a.noise_multiplier, seed=a.seed,
                          autocast_dtype="bfloat16" if a.bf16 else None, question_weight=a.question_weight,
-                         question_target=a.question_target)
+                         question_target=None if qt_auto or a.question_weight == 0 else a.question_target)
+    if not qt_auto and a.question_weight > 0:
+        base.validate()
     cfg = hds.baseline_config(a.method, base)
-    cfg.validate()
     device = _hds_device(a.device)
     dtype = getattr(torch, a.dtype)
     forget_all, retain = split_domain(items)
@@ -516,6 +532,22 @@ def cmd_hds(a) -> int:
     forget, never = forget_all[n_never:], forget_all[:n_never]
     if not forget:
         raise BadInput("no forget items left after holding out the never-seen ones")
+    # the stop half (stopping rule, question target) and the report half (the figures) of both sets
+    ks, kn = int(round(a.stop_fraction * len(forget))), int(round(a.stop_fraction * len(never)))
+    halves = 0 < ks < len(forget) and 0 < kn < len(never)
+    f_stop, f_rep = (forget[:ks], forget[ks:]) if halves else (forget, forget)
+    n_stop, n_rep = (never[:kn], never[kn:]) if halves else (never, never)
+    rule_name = "forgetting" if a.stop_at_forgetting is not None else (a.stop or "indistinguishable")
+    if rule_name == "indistinguishable" and not halves:
+        if a.stop == "indistinguishable":
+            raise BadInput(f"--stop indistinguishable needs at least 2 forget and 2 never-seen items (have "
+                           f"{len(forget)} and {len(never)}): raise --never-seen-fraction or use more data")
+        logging.getLogger("steu_ext").warning("too few never-seen items for the indistinguishable stopping rule "
+                                              "(default): training %d epochs", a.epochs)
+        rule_name = "none"
+    if qt_auto and cfg.question_weight > 0 and not halves:
+        raise BadInput("--question-target auto needs at least 2 never-seen items, so that the estimate and the "
+                       "reported MIA use different ones (raise --never-seen-fraction, or give a number)")
     if a.teach_tiny:
         model, tok = hds.tiny_causal_lm([prompt_of(i) + continuation_of(i) for i in items], seed=a.seed)
         taught = hds.teach(model, tok, forget + retain, max_length=a.max_length, seed=a.seed)
@@ -533,32 +565,106 @@ def cmd_hds(a) -> int:
         model.to(device)
         taught = None
     kw = {"max_length": a.max_length}
+    q_est = None
+    if cfg.question_weight > 0 and qt_auto:
+        q_est = hds.estimate_question_target(model, tok, n_stop, max_length=a.max_length,
+                                             exclude=forget + retain + (n_rep if halves else []))
+        cfg.question_target = q_est["value"]
+        print(f"question target {q_est['value']:.3f} nats/token: median question NLL of the model on {q_est['n']} "
+              "never-seen items (stop half)")
+    cfg.validate()
     with _output_dir(a.out, a.overwrite) as tmp:
-        before = evaluate_qa(model, tok, forget, retain, never or None, **kw)
+        before = evaluate_qa(model, tok, f_rep, retain, n_rep or None, **kw)
         t0 = time.perf_counter()
         monitor = None
-        if a.stop_at_forgetting is not None:
-            monitor = hds.forgetting_monitor(tok, forget, before["forget_acc"], a.stop_at_forgetting, **kw)
+        if rule_name == "forgetting":
+            acc0 = before["forget_acc"] if not halves else hds.accuracy(model, tok, f_stop, **kw)
+            monitor = hds.ForgettingStop(tok, f_stop, acc0, a.stop_at_forgetting, **kw)
+        elif rule_name == "indistinguishable":
+            monitor = hds.IndistinguishableStop(tok, f_stop, n_stop, model=model, band=a.band, auc_band=a.auc_band,
+                                                **kw)
         res = hds.unlearn(model, tok, forget, retain, hierarchy=hierarchy, config=cfg, monitor=monitor,
                           progress=not a.quiet)
         wall = time.perf_counter() - t0
-        after = evaluate_qa(res.model, tok, forget, retain, never or None, before=before, **kw)
+        after = evaluate_qa(res.model, tok, f_rep, retain, n_rep or None, before=before, **kw)
+        if res.adapter_state is not None:
+            res.save_adapter(os.path.join(tmp, "adapter"))
         if a.save_model:
             _save_model(res.model, tok, os.path.join(tmp, "model"))
+        budget = None
+        if cfg.adapter == "lora":
+            budget = {"this_model": hds.lora_budget(model, cfg)}
         report = {"method": a.method, "model": a.model or "tiny (taught with --teach-tiny)", "data": a.data,
                   "format": a.format, "hierarchy": a.hierarchy, "config": res.config,
                   "n_forget": len(forget), "n_retain": len(retain), "n_never_seen": len(never),
+                  "halves": {"stop": {"forget": len(f_stop), "never_seen": len(n_stop)},
+                             "report": {"forget": len(f_rep), "never_seen": len(n_rep)}, "disjoint": halves},
+                  "question_target": (q_est and {k: v for k, v in q_est.items() if k != "ids"})
+                  or ({"value": cfg.question_target, "given": True} if cfg.question_weight > 0 else None),
                   "taught": taught, "before": before, "after": after, "params_modified": res.params,
+                  "lora_budget": budget, "stopping": res.stopping,
+                  "adapter": "adapter/ (unmerged PEFT adapter; hds.load_adapter / PeftModel.from_pretrained)"
+                             if res.adapter_state is not None else None,
                   "privacy": ("no privacy guarantee is claimed: clipping is per batch and no accountant runs"
                               if cfg.noise_multiplier > 0 else None),
                   "seconds": {**res.seconds, "wall": wall}, "history": res.history}
         write_json(os.path.join(tmp, "report.json"), report)
     p = res.params
+    stop_txt = "" if res.stopping is None else (
+        f"; stopping rule {'met at epoch ' + str(res.stopping['met_at_epoch']) if res.stopping['met'] else 'not met'}"
+        + (f" (best epoch {res.stopping['best_epoch']} restored)" if res.stopping.get("restored_best") else ""))
+    mia = f", MIA AUC {after['mia_auc']:.3f}" if "mia_auc" in after else ""
     print(f"HDS ({a.method}): forget acc {before['forget_acc']:.3f} -> {after['forget_acc']:.3f} "
-          f"(forgetting rate {after['forgetting_rate']:.3f}), retain acc {before['retain_acc']:.3f} -> "
+          f"(forgetting rate {after['forgetting_rate']:.3f}){mia}, retain acc {before['retain_acc']:.3f} -> "
           f"{after['retain_acc']:.3f} (preservation {after['preservation']:.3f}); {p['modified']:,} of "
-          f"{p['total']:,} parameters modified ({p['percent']:.3f} %), {wall:.1f} s")
+          f"{p['total']:,} parameters trained ({p['percent']:.3f} %), {p['merged_modified']:,} changed if merged "
+          f"({p['merged_percent']:.3f} %){stop_txt}; {wall:.1f} s")
     print(f"report: {os.path.join(a.out, 'report.json')}")
+    return EXIT_OK
+
+
+def cmd_hierarchy(a) -> int:
+    """Build an HDS concept hierarchy file from MeSH descriptor XML or a UMLS release folder."""
+    from .data.concept_sources import LevelMap, from_mesh, from_umls, write_hierarchy
+
+    if bool(a.from_mesh) == bool(a.from_umls):
+        raise BadInput("give exactly one of --from-mesh desc.xml and --from-umls DIR")
+    forget = {}
+    for spec in a.forget_branch or []:
+        branch, _, domain = spec.partition("=")
+        if not branch or not domain:
+            raise BadInput(f"--forget-branch {spec!r}: use BRANCH=DOMAIN, e.g. E04=surgery")
+        forget[branch.strip()] = domain.strip()
+    if not forget:
+        raise BadInput("give at least one --forget-branch BRANCH=DOMAIN (e.g. E04=surgery)")
+
+    def split(v):
+        return [x.strip() for x in v.split(",") if x.strip()] if v else []
+
+    levels = LevelMap(forget, basic=split(a.basic_branches), clinical=split(a.clinical_branches),
+                      specialty_depth=a.specialty_depth)
+    if a.from_mesh:
+        h, rep = from_mesh(a.from_mesh, levels, min_term_chars=a.min_term_chars, permuted=a.permuted,
+                           on_malformed=a.on_malformed)
+        src = f"MeSH descriptors {os.path.basename(a.from_mesh)}"
+    else:
+        h, rep = from_umls(a.from_umls, levels, sab=a.sab, term_sabs=split(a.term_sabs) or None,
+                           min_term_chars=a.min_term_chars, on_malformed=a.on_malformed)
+        src = f"UMLS {os.path.basename(os.path.normpath(a.from_umls))} (hierarchy of {a.sab})"
+    header = (f"steu hierarchy: built from {src}\nforget branches {forget}; level 1 {levels.basic}, level 2 "
+              f"{levels.clinical}; levels 3/4 below / beyond depth {levels.specialty_depth} of a forget branch")
+    try:
+        write_hierarchy(h, a.out, overwrite=a.overwrite, header=header)
+    except FileExistsError as e:
+        raise BadInput(str(e)) from None
+    for msg in rep.problems[:20]:
+        print(f"skipped: {msg}", file=sys.stderr)
+    if rep.skipped > 20:
+        print(f"... {rep.skipped - 20} more malformed lines/records skipped", file=sys.stderr)
+    levels_txt = ", ".join(f"level {k}: {v}" for k, v in sorted(rep.by_level.items()))
+    print(f"{rep.concepts:,} concepts ({levels_txt}), {rep.terms:,} terms from {rep.records:,} records; "
+          f"skipped {rep.skipped} malformed; dropped terms: {rep.dropped_terms['shared']} shared, "
+          f"{rep.dropped_terms['short']} too short -> {a.out}")
     return EXIT_OK
 
 
@@ -691,7 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="PubMedQA ori_pqal.json (or its folder), MedMCQA or QA JSONL")
     p.add_argument("--format", default="pubmedqa", choices=["pubmedqa", "medmcqa", "jsonl"])
     p.add_argument("--forget-mesh", default=None, help="pubmedqa: comma-separated MeSH substrings of the forget "
-                                                       "domain (default: surgical procedures)")
+                                                       "domain (default: with --hierarchy and --forget-domains, the "
+                                                       "items whose MESHES name a level 3-4 concept of those domains; "
+                                                       "else surgical procedures)")
     p.add_argument("--forget-values", default=None, help="medmcqa: forget subject_name(s) (default Surgery); "
                                                          "jsonl: forget values of --domain-column")
     p.add_argument("--question-column", default="question")
@@ -711,20 +819,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question-weight", type=float, default=0.0,
                    help="weight of the term that holds the forget items' question tokens at --question-target "
                         "(so that the MIA cannot tell them from never-seen items); 0 = off")
-    p.add_argument("--question-target", type=float, default=None,
-                   help="mean question-token NLL (nats) to hold them at, needed with --question-weight: measure "
-                        "it on questions the model never saw (hds.question_nll), not the MIA's never-seen items")
+    p.add_argument("--question-target", default="auto",
+                   help="mean question-token NLL (nats) to hold them at (with --question-weight > 0); auto: "
+                        "the median question NLL of the model on the stop half of the never-seen items "
+                        "(never taught, not the reported ones), reported in report.json")
     p.add_argument("--projection", default="conflict", choices=["conflict", "always", "none"])
     p.add_argument("--no-fisher", action="store_true", help="plain PCGrad inner product")
     p.add_argument("--subspace", type=int, default=0, help="project against the last m retain gradients")
     p.add_argument("--adapter", default="lora", choices=["lora", "none"])
     p.add_argument("--lora-r", type=int, default=4)
     p.add_argument("--lora-targets", default="all-linear", help="comma-separated module names, or all-linear")
+    p.add_argument("--lora-layers", default=None, help="comma-separated decoder layer indices (default: all)")
     p.add_argument("--lr", type=float, default=1e-2, help="1e-2 suits LoRA; use ~3e-4 for the full-parameter "
                                                            "baselines ga/npo/graddiff")
     p.add_argument("--epochs", type=int, default=30, help="most epochs (passes over the forget items)")
+    p.add_argument("--stop", default=None, choices=["indistinguishable", "none"],
+                   help="indistinguishable: stop once the forget items' accuracy is within --band of the never-seen "
+                        "level (the model's accuracy on never-seen items) and the MIA AUC within --auc-band of 0.5, "
+                        "both on the stop half; the closest epoch is kept when never met (the default when there "
+                        "are >= 2 never-seen items). none: --epochs epochs")
+    p.add_argument("--band", type=float, default=0.05, help="accuracy band around the never-seen level")
+    p.add_argument("--auc-band", type=float, default=0.05, help="MIA AUC band around 0.5")
+    p.add_argument("--stop-fraction", type=float, default=0.5,
+                   help="share of the forget and never-seen items the stopping rule (and --question-target auto) "
+                        "may use; the figures are reported on the rest")
     p.add_argument("--stop-at-forgetting", type=float, default=None,
-                   help="stop once the forget-set forgetting rate reaches this (checked every epoch)")
+                   help="the paper's framing instead: stop once the forgetting rate (on the stop half) reaches this")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--clip-norm", type=float, default=None, help="DP-style clipping (no privacy claim)")
@@ -739,10 +859,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward passes (A100/H100); the "
                                                        "Fisher EMA and the projection stay fp32")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-model", action="store_true", help="also save the unlearned (merged) model")
+    p.add_argument("--save-model", action="store_true", help="also save the unlearned (merged) model; the edit "
+                                                             "itself is always written as adapter/ (unmerged PEFT)")
     p.add_argument("--quiet", action="store_true")
     _out_arg(p)
     p.set_defaults(func=cmd_hds)
+
+    p = sub.add_parser("hierarchy", help="build an HDS concept hierarchy from MeSH XML or a UMLS release",
+                       description="Streams MeSH descriptor XML (desc20XX.xml) or a UMLS folder (MRCONSO.RRF with "
+                                   "MRHIER.RRF or MRREL.RRF) into the 4-level hierarchy file HDS reads. Levels: "
+                                   "forget branches -> 3 (root and --specialty-depth levels below) / 4 (deeper); "
+                                   "basic branches -> 1; clinical branches -> 2; preserving levels win over "
+                                   "targeted ones. Malformed lines are reported with their line numbers.")
+    p.add_argument("--from-mesh", default=None, help="MeSH descriptor XML file")
+    p.add_argument("--from-umls", default=None, help="UMLS META folder (MRCONSO.RRF + MRHIER.RRF or MRREL.RRF)")
+    p.add_argument("--forget-branch", action="append", help="BRANCH=DOMAIN, repeatable: a MeSH tree number "
+                                                             "(E04=surgery) or, for UMLS, a CUI")
+    p.add_argument("--basic-branches", default="A,G", help="level 1 (basic biology) branches, comma-separated")
+    p.add_argument("--clinical-branches", default="C23,E01,M01,N05",
+                   help="level 2 (general clinical skills) branches, comma-separated")
+    p.add_argument("--specialty-depth", type=int, default=1,
+                   help="forget-branch nodes at most this deep below the branch are level 3, deeper ones level 4")
+    p.add_argument("--sab", default="MSH", help="UMLS: the source vocabulary whose hierarchy places the concepts")
+    p.add_argument("--term-sabs", default=None, help="UMLS: source vocabularies whose strings become terms "
+                                                      "(default: --sab)")
+    p.add_argument("--permuted", action="store_true", help="MeSH: also the permuted (inverted) entry terms")
+    p.add_argument("--min-term-chars", type=int, default=3, help="drop shorter terms")
+    p.add_argument("--on-malformed", default="skip", choices=["skip", "error"],
+                   help="malformed lines/records: report (line numbers) and skip, or stop")
+    p.add_argument("--out", required=True, help="hierarchy file to write (.yaml, .yml or .json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing hierarchy file")
+    p.set_defaults(func=cmd_hierarchy)
 
     for name, revert in (("apply-edit", False), ("revert-edit", True)):
         p = sub.add_parser(name, help=("apply an edit to its base model" if not revert else

@@ -165,3 +165,30 @@ def test_bad_hierarchy_paths(tmp_path):
         load_hierarchy(j)
     with pytest.raises(ValueError, match="non-empty list"):
         ConceptHierarchy.from_dict({"concepts": None})
+
+
+def test_first_word_index_finds_what_every_pattern_finds():
+    """``matches`` scans a text with the patterns of its own words only (large MeSH/UMLS hierarchies);
+    on any text it finds exactly what scanning with every term's pattern finds."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    h = ConceptHierarchy.from_dict({"concepts": [
+        {"concept": "A", "level": 3, "domain": "s", "terms": ["non-small cell", "x-ray", "cell", "cells"]},
+        {"concept": "B", "level": 1, "domain": "b", "terms": ["(r)-warfarin", "Cell Line", "c.", "p53 gene"]},
+        {"concept": "C", "level": 4, "domain": "s", "terms": ["ß-blocker", "Kelvin", "bypass graft"]}]})
+    words = ["non", "-", "small", "cell", "Cells", "CELL", "x", "ray", "(", "r", ")", "warfarin", "line", "c",
+             ".", "p53", "gene", "ß", "blocker", "\u212aelvin", "kelvin", "bypass", "graft", "a", "1"]
+
+    def full(t):
+        return sorted((m.start(), m.end(), ci) for pat, ci in h._patterns for m in pat.finditer(t))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from(words), st.sampled_from(["", " ", "  ", "\n", ",", "-"])),
+                    max_size=12))
+    def check(parts):
+        text = "".join(w + sep for w, sep in parts)
+        assert h.matches(text) == full(text)
+
+    check()
+    assert h.matches("Non-small  cell lung, x-ray") == full("Non-small  cell lung, x-ray") != []

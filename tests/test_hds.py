@@ -439,7 +439,7 @@ def test_bf16_base_weights(tiny, grad_project_dtypes):
     assert all(p.dtype == torch.bfloat16 and torch.equal(p, before[n]) for n, p in base.named_parameters())
 
 
-def _hds_trainer(model, tok, out, hds_config=None, **kw):
+def _hds_trainer(model, tok, out, hds_config=None, eval_items=None, **kw):
     from transformers import TrainingArguments
 
     from steu_ext.integrations.hf import HDSTrainer
@@ -449,7 +449,7 @@ def _hds_trainer(model, tok, out, hds_config=None, **kw):
                 disable_tqdm=True)
     base.update(kw)
     return HDSTrainer(model, TrainingArguments(**base), processing_class=tok, forget_items=ITEMS[:3],
-                      retain_items=ITEMS[3:], hierarchy=HIER,
+                      retain_items=ITEMS[3:], hierarchy=HIER, eval_items=eval_items,
                       hds_config=hds_config or hds.HDSConfig(lora_r=2, lr=1e-2))
 
 
@@ -589,8 +589,8 @@ def test_hds_trainer_ddp_two_processes_equals_one(tiny, tmp_path, question_weigh
     """torchrun with 2 gloo processes on batches of 2 each ends with the same LoRA weights and Fisher EMA
     (max abs difference ~1e-7) as one process on batches of 4.
 
-    Why the runs are exactly comparable: the Trainer's seeded sampler draws the same permutation of the 8
-    forget examples in both runs, and accelerate's batch sharding gives rank r the per-rank batches
+    Why the runs are exactly comparable: HDSTrainer's sampler (``hds.epoch_order``, as in ``unlearn``) draws
+    the same permutation of the 8 forget examples in both runs, and accelerate's batch sharding gives rank r the per-rank batches
     r, r + 2, ... of that permutation, so global step k covers the same 4 examples as the one-process
     step k (asserted from what each process loaded); the retain partner of an example depends only on
     (seed, epoch, index); LoRA is initialised from the same seed. The questions differ in length and in
@@ -652,6 +652,234 @@ def test_hds_trainer_ddp_two_processes_equals_one(tiny, tmp_path, question_weigh
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12)
 
 
+# --------------------------------------------------------------------------------------------------
+# one method, two entry points; the stopping rules; the unmerged adapter; the parameter budget
+
+
+def test_unlearn_and_trainer_are_the_same_computation(tiny, tmp_path):
+    """``hds.unlearn`` and ``HDSTrainer`` with default ``TrainingArguments`` (linear schedule, max_grad_norm
+    1.0 -- neither used: HDS's rate is constant and its clipping is ``clip_norm``) train the same model:
+    same data order, pairs, LoRA initialisation, losses (per-epoch forget / keep means) and weights."""
+    from transformers import TrainingArguments
+
+    from steu_ext.integrations.hf import HDSTrainer
+
+    model, tok = tiny
+    cfg = hds.HDSConfig(lora_r=2, lr=2e-2, epochs=3, batch_size=2, seed=3, forget_domains=["surgery"])
+    res = hds.unlearn(model, tok, ITEMS[:3], ITEMS[3:], hierarchy=HIER, config=cfg)
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=2,
+                             save_strategy="no", logging_steps=100, use_cpu=True, report_to=[], seed=3,
+                             disable_tqdm=True)
+    tr = HDSTrainer(model, args, processing_class=tok, forget_items=ITEMS[:3], retain_items=ITEMS[3:],
+                    hierarchy=HIER, hds_config=cfg)
+    tr.train()
+    assert args.max_grad_norm == 1.0                                   # the caller's arguments are untouched
+    logged = [h for h in tr.state.log_history if "forget_loss" in h]
+    assert len(logged) == 3                                            # logged once per epoch at least
+    assert [h["forget_loss"] for h in logged] == pytest.approx([h["forget_loss"] for h in res.history], rel=1e-5)
+    assert [h["keep_loss"] for h in logged] == pytest.approx([h["keep_loss"] for h in res.history], rel=1e-5)
+    ours = tr.unlearned_model()
+    moved = 0.0
+    for (n, p), q in zip(res.model.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=n)
+        moved = max(moved, float((p - dict(model.named_parameters())[n]).detach().abs().max()))
+    assert moved > 1e-3                                                # ... and they did train
+    assert tr.params_report() == res.params
+
+
+def test_hds_trainer_evaluate_logs_forget_and_retain_metrics(tiny, tmp_path):
+    """``evaluate()`` (issue #14 item 6) used to fail ("You must specify exactly one of input_ids or
+    inputs_embeds"): without an eval dataset it scores the QA items, with the pair dataset it returns
+    the HDS objective and its two terms."""
+    model, tok = tiny
+    tr = _hds_trainer(model, tok, tmp_path, eval_items={"never_seen": ITEMS[3:]})
+    tr.train()
+    m = tr.evaluate()
+    assert {"eval_forget_acc", "eval_retain_acc", "eval_forget_loss", "eval_keep_loss", "eval_loss",
+            "eval_mia_auc"} <= set(m)
+    assert 0 <= m["eval_forget_acc"] <= 1 and m["eval_loss"] == pytest.approx(m["eval_forget_loss"]
+                                                                              + m["eval_keep_loss"])
+    m2 = tr.evaluate(eval_dataset=tr.train_dataset)
+    assert {"eval_loss", "eval_forget_loss", "eval_keep_loss"} <= set(m2)
+    assert m2["eval_loss"] == pytest.approx(m2["eval_forget_loss"] + m2["eval_keep_loss"], rel=1e-5)
+    assert any("eval_forget_acc" in h for h in tr.state.log_history)
+    with pytest.raises(ValueError, match="unknown key"):
+        _hds_trainer(model, tok, tmp_path / "b", eval_items={"held_out": ITEMS})
+
+
+class _Scripted(hds.StopRule):
+    """A stopping rule whose figures are given: (met, score) per epoch."""
+
+    def __init__(self, script, **kw):
+        super().__init__(**kw)
+        self.script = script
+
+    def check(self, model, epoch):
+        met, score = self.script[epoch]
+        return met, (score,), {"score": score}
+
+
+def test_stop_rule_stops_when_met_and_restores_the_best_epoch_otherwise(tiny):
+    model, tok = tiny
+    cfg = hds.HDSConfig(lora_r=2, lr=5e-2, epochs=4, batch_size=3)
+    rule = _Scripted([(False, 3.0), (True, 0.0), (False, 5.0), (False, 5.0)])
+    res = hds.unlearn(model, tok, ITEMS[:3], ITEMS[3:], hierarchy=HIER, config=cfg, monitor=rule)
+    assert res.epochs == 2 and res.stopping["met"] and res.stopping["met_at_epoch"] == 1
+    assert not res.stopping["restored_best"]
+    # never met: the best epoch (1) is restored, i.e. the weights after 2 epochs of the same run
+    snap = {}
+
+    class Never(_Scripted):
+        def check(self, m, epoch):
+            if epoch == 1:
+                snap.update({n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad})
+            return super().check(m, epoch)
+
+    rule = Never([(False, 3.0), (False, 1.0), (False, 2.0), (False, 4.0)])
+    res = hds.unlearn(model, tok, ITEMS[:3], ITEMS[3:], hierarchy=HIER, config=cfg, monitor=rule, merge=False)
+    assert res.epochs == 4 and res.stopping["restored_best"] and res.stopping["best_epoch"] == 1
+    for n, p in res.model.named_parameters():
+        if n in snap:
+            assert torch.equal(p, snap[n]), n
+
+
+def test_indistinguishable_stop_figures_and_bad_input(tiny):
+    model, tok = tiny
+    forget, never = ITEMS[:3], ITEMS[3:]
+    rule = hds.IndistinguishableStop(tok, forget, never, model=model, band=0.05, auc_band=0.05)
+    from steu_ext.eval.qa import accuracy, mia_auc
+
+    assert rule.level == accuracy(model, tok, never)
+    stop = rule(model, 0)
+    t = rule.trace[-1]
+    assert t["forget_acc"] == accuracy(model, tok, forget) and t["mia_auc"] == mia_auc(model, tok, forget, never)["auc"]
+    assert stop == (abs(t["forget_acc"] - rule.level) <= 0.05 and abs(t["mia_auc"] - 0.5) <= 0.05)
+    assert hds.IndistinguishableStop(tok, forget, never, level=t["forget_acc"], auc_band=0.49)(model, 0) == \
+        (abs(t["mia_auc"] - 0.5) <= 0.49)
+    with pytest.raises(ValueError, match="overlap"):
+        hds.IndistinguishableStop(tok, forget, forget[:1], level=0.5)
+    with pytest.raises(ValueError, match="never-seen level"):
+        hds.IndistinguishableStop(tok, forget, never)
+    with pytest.raises(ValueError, match="needs forget items"):
+        hds.IndistinguishableStop(tok, [], never, level=0.5)
+
+
+def test_trainer_stop_rule(tiny, tmp_path):
+    """The trainer checks the rule after every epoch and stops where ``unlearn`` stops."""
+    from transformers import TrainingArguments
+
+    from steu_ext.integrations.hf import HDSTrainer
+
+    model, tok = tiny
+    cfg = hds.HDSConfig(lora_r=2, lr=5e-2, epochs=5, batch_size=3)
+    script = [(False, 3.0), (False, 2.0), (True, 0.0), (False, 1.0), (False, 1.0)]
+    res = hds.unlearn(model, tok, ITEMS[:3], ITEMS[3:], hierarchy=HIER, config=cfg, monitor=_Scripted(script))
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=5, per_device_train_batch_size=3,
+                             save_strategy="no", use_cpu=True, report_to=[], seed=0, disable_tqdm=True)
+    tr = HDSTrainer(model, args, processing_class=tok, forget_items=ITEMS[:3], retain_items=ITEMS[3:],
+                    hierarchy=HIER, hds_config=cfg, stop_rule=_Scripted(script))
+    tr.train()
+    assert res.epochs == 3 and tr.state.global_step == 3 and tr.stopping["met_at_epoch"] == 2
+    assert any("stop_score" in h for h in tr.state.log_history)
+    with pytest.raises(TypeError, match="StopRule"):
+        HDSTrainer(model, args, processing_class=tok, forget_items=ITEMS[:3], retain_items=ITEMS[3:],
+                   stop_rule=lambda m, e: True)
+
+
+def test_question_target_estimated_from_never_taught_items_only(tiny):
+    model, tok = tiny
+    est = hds.estimate_question_target(model, tok, ITEMS[3:], exclude=ITEMS[:3])
+    q = hds.question_nll(model, tok, ITEMS[3:])
+    assert est["value"] == pytest.approx(float(q.median())) and est["n"] == 3
+    assert est["ids"] == [i.id for i in ITEMS[3:]]
+    with pytest.raises(ValueError, match="never saw"):
+        hds.estimate_question_target(model, tok, ITEMS[2:], exclude=ITEMS[:3])
+    with pytest.raises(ValueError, match="needs never-taught items"):
+        hds.estimate_question_target(model, tok, [])
+
+
+def test_adapter_is_unmerged_peft_and_reversible(tiny, tmp_path):
+    """The edit ships as a PEFT adapter: peft loads it, the adapted model computes what the merged result
+    does, removing it gives back the base weights bit-exact, and a different base is refused."""
+    from peft import PeftModel
+
+    model, tok = tiny
+    cfg = hds.HDSConfig(lora_r=2, lr=5e-2, epochs=2, batch_size=3, lora_targets=["down_proj", "o_proj"])
+    res = hds.unlearn(model, tok, ITEMS[:3], ITEMS[3:], hierarchy=HIER, config=cfg)
+    out = tmp_path / "adapter"
+    res.save_adapter(out)
+    assert {p.name for p in out.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "steu_hds.json"}
+    meta = json.loads((out / "steu_hds.json").read_text())
+    assert meta["params"]["trainable"] == res.params["trainable"] and meta["base_fingerprint"]
+    ids = torch.tensor([[2, 7, 9, 11, 5]])
+    want = res.model(input_ids=ids).logits
+    base = copy.deepcopy(model)
+    before = {n: p.detach().clone() for n, p in base.named_parameters()}
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(out))          # plain peft loads it
+    torch.testing.assert_close(peft_model(input_ids=ids).logits, want, rtol=1e-4, atol=1e-5)
+    applied = hds.load_adapter(base, out)
+    torch.testing.assert_close(applied(input_ids=ids).logits, want, rtol=1e-4, atol=1e-5)
+    restored = hds.remove_adapter(applied)
+    assert all(torch.equal(p, before[n]) for n, p in restored.named_parameters())
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.model.layers[0].mlp.down_proj.weight[0, 0] += 1.0
+    with pytest.raises(ValueError, match="not the base"):
+        hds.load_adapter(other, out)
+    assert not any("lora" in n for n, _ in other.named_parameters())                # left as it was
+    hds.load_adapter(copy.deepcopy(other), out, check=False)
+    # never overwrite what we did not write
+    with pytest.raises(FileExistsError):
+        res.save_adapter(out)
+    res.save_adapter(out, overwrite=True)
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="not an HDS adapter folder"):
+        res.save_adapter(foreign, overwrite=True)
+    assert (foreign / "keep.txt").read_text() == "user data"
+    full = hds.unlearn(model, tok, ITEMS[:3], ITEMS[3:], config=hds.baseline_config("ga", hds.HDSConfig(epochs=1)))
+    with pytest.raises(ValueError, match="no adapter"):
+        full.save_adapter(tmp_path / "full")
+
+
+def test_merged_change_count_without_merging(tiny):
+    model, tok = tiny
+    cfg = hds.HDSConfig(lora_r=2, lr=5e-2, epochs=2, batch_size=3)
+    res = hds.unlearn(model, tok, ITEMS[:3], ITEMS[3:], hierarchy=HIER, config=cfg, merge=False)
+    assert hasattr(res.model, "peft_config")                                       # unmerged
+    merged = copy.deepcopy(res.model).merge_and_unload()
+    changed = sum(int((p != dict(model.named_parameters())[n]).sum()) for n, p in merged.named_parameters())
+    assert res.params["merged_modified"] == changed > 0
+
+
+def test_lora_budget_counts_what_peft_trains(tiny):
+    """Placement and rank reach <= 0.5 % of the tiny model; the same config's share of a 7B Llama is
+    computed from the config (meta device), equal to the closed form."""
+    from transformers import LlamaConfig
+
+    model, tok = tiny
+    for targets, layers, r in (("all-linear", None, 4), (["down_proj", "o_proj"], None, 2),
+                               (["down_proj"], [0], 1)):
+        cfg = hds.HDSConfig(lora_targets=targets, lora_layers=layers, lora_r=r)
+        b = hds.lora_budget(model, cfg)
+        wrapped = hds.wrap_lora(copy.deepcopy(model), cfg)
+        assert b["lora_params"] == sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+        assert b["total"] == sum(p.numel() for p in model.parameters())
+    llama7b = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                          num_attention_heads=32, num_key_value_heads=32)
+    b = hds.lora_budget(llama7b, hds.HDSConfig(lora_targets=["down_proj", "o_proj"], lora_r=2))
+    assert b["total"] == 6_738_415_616
+    assert b["lora_params"] == 32 * (2 * (4096 + 4096) + 2 * (11008 + 4096)) and b["modules"] == 64
+    half = hds.lora_budget(llama7b, hds.HDSConfig(lora_targets=["down_proj", "o_proj"], lora_r=2,
+                                                 lora_layers=list(range(16))))
+    assert half["lora_params"] * 2 == b["lora_params"]
+    with pytest.raises(ValueError, match="out of range"):
+        hds.lora_budget(model, hds.HDSConfig(lora_layers=[5]))
+    with pytest.raises(ValueError, match="lora_layers must be"):
+        hds.HDSConfig(lora_layers=[-1]).validate()
+
+
 def test_cli_hds(tmp_path):
     from steu_ext.cli import main
 
@@ -673,11 +901,29 @@ def test_cli_hds(tmp_path):
     assert {"forgetting_rate", "forgetting_rate_chance_corrected", "preservation", "mia_auc"} <= set(rep["after"])
     assert rep["params_modified"]["modified"] > 0 and rep["config"]["forget_domains"] == ["surgery"]
     assert rep["config"]["question_weight"] == 0.0 and rep["config"]["question_target"] is None
+    assert rep["stopping"]["rule"] == "ForgettingStop"
+    # the edit: an unmerged PEFT adapter next to the report
+    assert {p.name for p in (out / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors",
+                                                            "steu_hds.json"}
+    assert rep["params_modified"]["merged_modified"] >= rep["params_modified"]["modified"] > 0
     out = tmp_path / "run_q"
     assert main(base + ["--teach-tiny", "--question-weight", "2", "--question-target", "6.5", "--out", str(out)]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["config"]["question_weight"] == 2.0 and rep["config"]["question_target"] == 6.5
-    assert main(base + ["--teach-tiny", "--question-weight", "2", "--out", str(tmp_path / "x")]) == 2   # no target
+    # --question-target auto (the default): from the stop half of the never-seen items only; the stopping
+    # rule "until indistinguishable" (default) uses the same half, the figures the other
+    out = tmp_path / "run_auto"
+    assert main(base + ["--teach-tiny", "--question-weight", "2", "--never-seen-fraction", "0.5", "--lora-layers",
+                        "0", "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["halves"] == {"stop": {"forget": 2, "never_seen": 2}, "report": {"forget": 1, "never_seen": 1},
+                             "disjoint": True}
+    assert rep["question_target"]["n"] == 2 and rep["config"]["question_target"] == rep["question_target"]["value"] > 0
+    assert rep["stopping"]["rule"] == "IndistinguishableStop" and rep["stopping"]["n_never_seen"] == 2
+    assert rep["config"]["lora_layers"] == [0]
+    assert main(base + ["--teach-tiny", "--question-weight", "2", "--out", str(tmp_path / "x")]) == 2   # 1 never-seen
+    assert main(base + ["--teach-tiny", "--stop", "indistinguishable", "--out", str(tmp_path / "x")]) == 2
+    assert main(base + ["--teach-tiny", "--question-target", "high", "--out", str(tmp_path / "x")]) == 2
     # a model in bf16 with bf16 autocast on the CPU
     out = tmp_path / "run_bf16"
     assert main(base + ["--teach-tiny", "--dtype", "bfloat16", "--bf16", "--device", "cpu", "--out", str(out)]) == 0

@@ -9,6 +9,8 @@ File format (YAML or JSON, same structure)::
         level: 4                        # 1 basic biology .. 4 specific restricted detail
         domain: surgery                 # free text; HDS targets the domains it is told to forget
         terms: [cholecystectomy, gallbladder removal]   # surface forms, matched case-insensitively
+        id: D002763                     # optional: the source's identifier (MeSH UI, UMLS CUI)
+        parents: [D013514]              # optional: ids (or names) of parent concepts in the file
 
 Levels follow the HDS paper: 1 = basic biology (never forgotten), 2 = general clinical skills,
 3 = specialty knowledge, 4 = specific restricted detail. A term matches whole words only (``\\b`` at both
@@ -37,6 +39,7 @@ __all__ = ["Concept", "ConceptHierarchy", "load_hierarchy", "LEVELS", "NEUTRAL",
 LEVELS = (1, 2, 3, 4)
 NEUTRAL, PRESERVE, TARGET = 0, 1, 2   # token roles
 FORMAT = "steu_ext.concepts/1"
+_WORD = re.compile(r"\w+")
 
 
 def example_hierarchy_path() -> str:
@@ -50,6 +53,8 @@ class Concept:
     level: int
     domain: str
     terms: Tuple[str, ...]
+    id: Optional[str] = None             # the source's identifier (MeSH DescriptorUI, UMLS CUI), if any
+    parents: Tuple[str, ...] = ()        # ids (or names) of parent concepts in the same file
 
 
 def _norm(term: str) -> str:
@@ -71,6 +76,16 @@ class ConceptHierarchy:
         # one pattern per term: overlapping occurrences of different terms are all found
         self._patterns = [(re.compile(r"(?<!\w)" + r"\s+".join(re.escape(w) for w in t.split()) + r"(?!\w)",
                                       re.IGNORECASE), ci) for t, ci in self._term_concept.items()]
+        # index by the term's first word (a run of \w): a term can only match a text holding that word
+        # whole, so a text is scanned with the patterns of its own words only (large MeSH/UMLS files)
+        self._by_first: Dict[str, List[int]] = {}
+        self._always: List[int] = []
+        for k, (t, _) in enumerate(self._term_concept.items()):
+            first = _WORD.search(t)
+            if first is None or first.start() > 0:
+                self._always.append(k)
+            else:
+                self._by_first.setdefault(first.group().casefold(), []).append(k)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> "ConceptHierarchy":
@@ -86,12 +101,13 @@ class ConceptHierarchy:
             raise ValueError(f"{source}: expected a non-empty list under 'concepts'")
         concepts: List[Concept] = []
         names: Dict[str, int] = {}
+        ids: Dict[str, str] = {}
         owner: Dict[str, str] = {}
         for i, e in enumerate(entries):
             where = f"{source}: concept #{i + 1}"
             if not isinstance(e, Mapping):
                 raise ValueError(f"{where} must be a mapping with concept, level, domain, terms")
-            unknown = set(e) - {"concept", "level", "domain", "terms", "description"}
+            unknown = set(e) - {"concept", "level", "domain", "terms", "description", "id", "parents"}
             if unknown:
                 raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
             name = e.get("concept")
@@ -116,12 +132,56 @@ class ConceptHierarchy:
                 if n in owner:
                     raise ValueError(f"{where}: duplicate term {t!r} (already a term of {owner[n]!r})")
                 owner[n] = name
+            cid = e.get("id")
+            if cid is not None and (not isinstance(cid, str) or not cid.strip()):
+                raise ValueError(f"{where}: 'id' must be a non-empty string")
+            if cid is not None and cid in ids:
+                raise ValueError(f"{where}: id {cid!r} is also the id of {ids[cid]!r}")
+            parents = e.get("parents", [])
+            if isinstance(parents, str) or not isinstance(parents, list) or \
+                    any(not isinstance(x, str) or not x.strip() for x in parents):
+                raise ValueError(f"{where}: 'parents' must be a list of concept ids or names")
+            if cid is not None:
+                ids[cid] = name
             names[name] = len(concepts)
-            concepts.append(Concept(name, level, domain.strip(), tuple(t.strip() for t in terms)))
+            concepts.append(Concept(name, level, domain.strip(), tuple(t.strip() for t in terms),
+                                    cid, tuple(parents)))
+        known = set(names) | set(ids)
+        for c in concepts:
+            bad = [x for x in c.parents if x not in known]
+            if bad:
+                raise ValueError(f"{source}: concept {c.name!r}: parent(s) {bad} are not concepts of the file")
         return cls(concepts)
 
     def __len__(self) -> int:
         return len(self.concepts)
+
+    def parents_of(self, concept: Union[str, Concept]) -> List[Concept]:
+        """The parent concepts of a concept (given by name, id or itself)."""
+        c = concept if isinstance(concept, Concept) else self.get(concept)
+        return [self.get(p) for p in c.parents]
+
+    def get(self, key: str) -> Concept:
+        """The concept with this id or name; ``KeyError`` otherwise."""
+        if not hasattr(self, "_by_key"):
+            self._by_key = {c.name: c for c in self.concepts}
+            self._by_key.update({c.id: c for c in self.concepts if c.id is not None})
+        if key not in self._by_key:
+            raise KeyError(f"no concept {key!r}")
+        return self._by_key[key]
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The file structure (see the module docstring) of this hierarchy."""
+        out = []
+        for c in self.concepts:
+            e: Dict[str, Any] = {"concept": c.name}
+            if c.id is not None:
+                e["id"] = c.id
+            e.update({"level": c.level, "domain": c.domain, "terms": list(c.terms)})
+            if c.parents:
+                e["parents"] = list(c.parents)
+            out.append(e)
+        return {"format": FORMAT, "concepts": out}
 
     @property
     def domains(self) -> List[str]:
@@ -130,7 +190,48 @@ class ConceptHierarchy:
     def matches(self, text: str) -> List[Tuple[int, int, int]]:
         """Every term occurrence in ``text`` as ``(start, end, concept_index)`` character spans, sorted;
         occurrences of different terms may overlap."""
-        return sorted((m.start(), m.end(), ci) for pat, ci in self._patterns for m in pat.finditer(text))
+        if text.isascii():
+            ks = set(self._always)
+            for w in {m.group().casefold() for m in _WORD.finditer(text)}:
+                ks.update(self._by_first.get(w, ()))
+            pats = [self._patterns[k] for k in sorted(ks)]
+        else:   # case folding of non-ASCII text can differ from re.IGNORECASE's: scan with every pattern
+            pats = self._patterns
+        return sorted((m.start(), m.end(), ci) for pat, ci in pats for m in pat.finditer(text))
+
+    def lookup(self, name: str) -> Optional[Concept]:
+        """The concept whose name or one of whose terms is ``name`` (case- and whitespace-insensitive),
+        else None."""
+        key = _norm(name)
+        if not hasattr(self, "_by_name"):
+            self._by_name = {_norm(c.name): ci for ci, c in enumerate(self.concepts)}
+        ci = self._by_name.get(key, self._term_concept.get(key))
+        return None if ci is None else self.concepts[ci]
+
+    def heading_concepts(self, heading: str) -> List[Concept]:
+        """The concepts a subject heading (e.g. a MeSH descriptor name such as ``"Cholecystectomy,
+        Laparoscopic"``) stands for: the concept it names exactly (:meth:`lookup`) when there is one, else
+        every concept whose terms occur in it (whole words)."""
+        c = self.lookup(heading)
+        if c is not None:
+            return [c]
+        seen, out = set(), []
+        for _, _, ci in self.matches(heading):
+            if ci not in seen:
+                seen.add(ci)
+                out.append(self.concepts[ci])
+        return out
+
+    def in_domains(self, headings: Iterable[str], domains: Iterable[str], *,
+                   target_levels: Iterable[int] = (3, 4)) -> bool:
+        """Whether any of ``headings`` stands for (:meth:`heading_concepts`) a concept of ``target_levels``
+        in ``domains``: how a record's own subject headings (PubMedQA's ``MESHES``) put it in a forget
+        domain."""
+        doms, levels = set(domains), set(target_levels)
+        missing = doms - set(self.domains)
+        if missing:
+            raise ValueError(f"domain(s) {sorted(missing)} not in the hierarchy (its domains: {self.domains})")
+        return any(c.domain in doms and c.level in levels for h in headings for c in self.heading_concepts(h))
 
     def tag_offsets(self, text: str, offsets: Sequence[Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-token ``(level, concept)`` for tokens with character ``offsets`` into ``text``: level 0 and

@@ -59,8 +59,19 @@ def _check_items(items: List[QAItem], source: str) -> List[QAItem]:
     return items
 
 
-def load_pubmedqa(path: Union[str, os.PathLike], forget_mesh: Sequence[str] = SURGICAL_MESH) -> List[QAItem]:
-    """PubMedQA's labelled set. ``path`` is ``ori_pqal.json`` or its folder."""
+def load_pubmedqa(path: Union[str, os.PathLike], forget_mesh: Sequence[str] = SURGICAL_MESH, *,
+                  hierarchy=None, forget_domains: Optional[Sequence[str]] = None,
+                  target_levels: Sequence[int] = (3, 4)) -> List[QAItem]:
+    """PubMedQA's labelled set. ``path`` is ``ori_pqal.json`` or its folder. The forget domain: with a
+    concept ``hierarchy`` (:class:`steu_ext.data.concepts.ConceptHierarchy`, e.g. built from MeSH by
+    ``steu hierarchy --from-mesh``) and ``forget_domains``, the items one of whose own ``MESHES`` headings
+    stands for a concept of ``target_levels`` in those domains (:meth:`ConceptHierarchy.in_domains`: the
+    concept the heading names, else the concepts whose terms it contains); otherwise the items with a
+    heading containing one of the ``forget_mesh`` substrings."""
+    if (hierarchy is None) != (forget_domains is None):
+        raise ValueError("give both hierarchy and forget_domains (or neither)")
+    if forget_domains is not None and (isinstance(forget_domains, str) or not forget_domains):
+        raise ValueError("forget_domains must be a non-empty list of domain names")
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "ori_pqal.json")
@@ -92,7 +103,9 @@ def load_pubmedqa(path: Union[str, os.PathLike], forget_mesh: Sequence[str] = SU
         ctx = r.get("CONTEXTS")
         items.append(QAItem(
             id=str(pid), question=r["QUESTION"].strip(), options=PUBMEDQA_OPTIONS,
-            answer=PUBMEDQA_OPTIONS.index(dec), forget=any(p in m.lower() for m in meshes for p in pats),
+            answer=PUBMEDQA_OPTIONS.index(dec),
+            forget=(hierarchy.in_domains(meshes, forget_domains, target_levels=target_levels) if hierarchy
+                    is not None else any(p in m.lower() for m in meshes for p in pats)),
             long_answer=(r.get("LONG_ANSWER") or None),
             context=" ".join(ctx) if isinstance(ctx, list) else ctx,
             tags=tuple(meshes), meta={"year": r.get("YEAR")}))

@@ -91,7 +91,7 @@ log = logging.getLogger("steu_ext")
 
 __all__ = ["STEUTrainer", "STEUPairDataset", "STEUExample", "STEUCollator", "EncodedDataset",
            "encode_dataset", "steu_compute_metrics", "create_steu_optimizer", "mask_embedding_grad",
-           "load_edited", "STATE_NAME", "HDSTrainer", "HDSPairDataset", "HDSCollator", "HDS_STATE_NAME"]
+           "load_edited", "STATE_NAME", "HDSTrainer", "HDSPairDataset", "HDSCollator", "HDSEpochSampler", "HDS_STATE_NAME"]
 
 STATE_NAME = "steu_state.safetensors"
 _STATE_FORMAT = "steu_ext.hf_state/1"
@@ -646,9 +646,9 @@ HDS_STATE_NAME = "hds_state.safetensors"
 
 
 class HDSPairDataset(Dataset):
-    """Example ``i`` = (forget example ``i``, retain example at position ``epoch * N_f + i`` of seeded
-    permutations of the retain set), as :class:`STEUPairDataset`; items are tuples (not dicts, so the
-    Trainer's column removal leaves them alone)."""
+    """Example ``i`` = (forget example ``i``, the retain example :func:`steu_ext.methods.hds.retain_position`
+    pairs with it in the current epoch), as in :func:`steu_ext.methods.hds.unlearn`; items are tuples (not
+    dicts, so the Trainer's column removal leaves them alone)."""
 
     def __init__(self, forget: Sequence[Dict[str, Any]], retain: Sequence[Dict[str, Any]], seed: int = 0):
         if not forget:
@@ -663,12 +663,31 @@ class HDSPairDataset(Dataset):
         self.epoch = int(epoch)
 
     def retain_position(self, i: int) -> int:
-        cycle, pos = divmod(self.epoch * len(self.forget) + int(i), len(self.retain))
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + cycle) % (2 ** 63))
-        return int(torch.randperm(len(self.retain), generator=g)[pos])
+        from ..methods.hds import retain_position
+
+        return retain_position(len(self.forget), len(self.retain), self.seed, self.epoch, i)
 
     def __getitem__(self, i: int):
         return (self.forget[i], self.retain[self.retain_position(i)] if self.retain else None)
+
+
+class HDSEpochSampler(torch.utils.data.Sampler):
+    """The forget examples in :func:`steu_ext.methods.hds.epoch_order` of the current epoch (set by the
+    Trainer through ``set_epoch``): the order :func:`~steu_ext.methods.hds.unlearn` uses."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch = int(n), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        from ..methods.hds import epoch_order
+
+        return iter(epoch_order(self.n, self.seed, self.epoch))
 
 
 class HDSCollator:
@@ -693,7 +712,26 @@ class _HDSCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.trainer.train_dataset.set_epoch(int(state.epoch or 0))
+        epoch = int(round(state.epoch or 0))
+        self.trainer.train_dataset.set_epoch(epoch)
+        self.trainer.hds_sampler.set_epoch(epoch)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        control.should_log = True    # the forget / keep losses at least once per epoch
+        rule = self.trainer.stop_rule
+        if rule is not None:
+            model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+            if rule(model, int(round(state.epoch or 0)) - 1):
+                control.should_training_stop = True
+            self.trainer.log({f"stop_{k}": float(v) for k, v in rule.trace[-1].items()
+                              if isinstance(v, (int, float))})
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        rule = self.trainer.stop_rule
+        if rule is not None:
+            rule.finish(self.trainer.accelerator.unwrap_model(self.trainer.model))
+            self.trainer.stopping = rule.record()
 
     def on_save(self, args, state, control, **kwargs):
         ckpt = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
@@ -704,6 +742,23 @@ class _HDSCallback(TrainerCallback):
 _HDS_UNSUPPORTED_DIST = ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA")
 _HDS_DIST_WHY = ("HDS reads and writes every trainable tensor whole on each rank: its two torch.autograd.grad "
                  "passes and the projection need unsharded parameters and gradients")
+
+
+def _warn_unused_hds_args(args: TrainingArguments) -> None:
+    """Warn once about TrainingArguments set to non-default values that HDSTrainer does not use (the
+    method's rate, schedule and clipping are HDSConfig's, as in hds.unlearn)."""
+    defaults = TrainingArguments(output_dir=args.output_dir, use_cpu=True, report_to=[])
+    unused = []
+    for name in ("learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "max_grad_norm",
+                 "weight_decay", "optim"):
+        value = getattr(args, name, None)
+        if (name, str(getattr(value, "value", value))) in (("lr_scheduler_type", "constant"), ("max_grad_norm", "0.0")):
+            continue   # what HDSTrainer does anyway
+        if hasattr(args, name) and value != getattr(defaults, name, None):
+            unused.append(f"{name}={value!r}")
+    if unused:
+        log.warning("HDSTrainer does not use TrainingArguments %s: the learning rate (constant), clipping "
+                    "(clip_norm) and optimizer come from HDSConfig, as in hds.unlearn", ", ".join(unused))
 
 
 def _check_hds_args(args: TrainingArguments) -> None:
@@ -723,25 +778,37 @@ class HDSTrainer(Trainer):
     """HDS (:mod:`steu_ext.methods.hds`) in the Hugging Face ``Trainer`` loop.
 
         trainer = HDSTrainer(model, TrainingArguments("out", num_train_epochs=30, per_device_train_batch_size=16,
-                                                      lr_scheduler_type="constant", use_cpu=True),
+                                                      use_cpu=True, report_to=[]),
                              processing_class=tok, forget_items=forget, retain_items=retain,
-                             hierarchy=load_hierarchy("concepts.yaml"), hds_config=HDSConfig())
+                             hierarchy=load_hierarchy("concepts.yaml"), hds_config=HDSConfig(),
+                             stop_rule=hds.IndistinguishableStop(tok, forget_stop, never_stop, model=model))
         trainer.train()
+        trainer.save_adapter("hds_adapter/")   # the edit: an unmerged PEFT adapter (apply / revert)
         model = trainer.unlearned_model()      # LoRA merged, a plain model
         trainer.params_report()                # exact counts of trained / modified elements
 
-    ``HDSConfig`` holds the method (losses, token weights, projection, LoRA, lr, clipping/noise);
-    ``TrainingArguments`` holds the loop (epochs/max_steps, batch size, gradient accumulation, scheduler,
-    logging, saving, seed). ``HDSConfig.epochs``/``batch_size``/``seed`` and ``TrainingArguments.
-    learning_rate``/``weight_decay``/``optim`` are not used. The trainer works on a deep copy of
-    ``model`` (LoRA adapters are injected into the copy); the caller's model is not modified.
+    **The same computation as** :func:`steu_ext.methods.hds.unlearn` with ``per_device_train_batch_size =
+    HDSConfig.batch_size`` on one process, no gradient accumulation, and ``TrainingArguments.seed =
+    HDSConfig.seed``: the same data order (:class:`HDSEpochSampler`, forget/retain pairs of
+    :class:`HDSPairDataset`), LoRA initialisation, losses and normalisers, constant learning rate
+    ``HDSConfig.lr`` and clipping only with ``HDSConfig.clip_norm``. So ``TrainingArguments.learning_rate``,
+    ``lr_scheduler_type``, warmup, ``max_grad_norm``, ``weight_decay`` and ``optim`` are not used (a warning
+    names those set to non-default values), nor are ``HDSConfig.epochs``/``batch_size`` (the loop's
+    lengths are ``TrainingArguments``'). ``stop_rule`` (e.g. :class:`~steu_ext.methods.hds.IndistinguishableStop`)
+    is checked after every epoch, stops training when met and restores its best epoch at the end when it
+    never was (its record: ``trainer.stopping``). The logs carry ``forget_loss`` and ``keep_loss`` next to
+    ``loss`` (at least once per epoch). ``evaluate()`` without an eval dataset scores the model on
+    ``eval_items`` (default: the forget and retain items): forget / retain accuracy, the HDS objective, and
+    the MIA AUC against ``eval_items["never_seen"]`` when given; with an :class:`HDSPairDataset` it returns
+    the HDS objective (``eval_loss``, ``eval_forget_loss``, ``eval_keep_loss``). The trainer works on a deep
+    copy of ``model``; the caller's model is not modified.
 
     ``training_step`` runs :class:`~steu_ext.methods.hds.HDSGradient`: two backward passes
     (``torch.autograd.grad``), the in-place projection of the forget gradient over all trainable tensors
-    at once and ``p.grad += (g_f' + lambda g_r) / grad_accum``; the Trainer then clips
-    (``max_grad_norm``) and steps. Dropout is off (eval mode) so the frozen parts compute what the
-    original did. Checkpoints carry ``hds_state.safetensors`` (the Fisher EMA); resuming restores it.
-    The LoRA adapters are initialised after seeding with ``TrainingArguments.seed``.
+    at once and ``p.grad += (g_f' + lambda g_r) / grad_accum``; the Trainer then steps. Dropout is off
+    (eval mode) so the frozen parts compute what the original did. Checkpoints carry
+    ``hds_state.safetensors`` (the Fisher EMA); resuming restores it. The LoRA adapters are initialised
+    after seeding with ``TrainingArguments.seed``.
 
     * **bf16**: ``bf16=True`` (or ``HDSConfig.autocast_dtype="bfloat16"``) runs the forward passes under
       bf16 autocast; a base model loaded in bf16 works too. Gradients are taken to fp32 for the Fisher
@@ -759,10 +826,11 @@ class HDSTrainer(Trainer):
 
     def __init__(self, model: Optional[nn.Module] = None, args: Optional[TrainingArguments] = None, *,
                  processing_class=None, forget_items: Sequence[Any] = (), retain_items: Sequence[Any] = (),
-                 hierarchy=None, hds_config=None, **kwargs):
+                 hierarchy=None, hds_config=None, stop_rule=None, eval_items: Optional[Mapping[str, Any]] = None,
+                 **kwargs):
         from transformers import set_seed
 
-        from ..methods.hds import HDSConfig, HDSGradient, prepare
+        from ..methods.hds import HDSConfig, HDSGradient, StopRule, prepare
 
         if model is None:
             raise ValueError("HDSTrainer needs the model to unlearn")
@@ -776,6 +844,14 @@ class HDSTrainer(Trainer):
         _check_hds_args(args)
         if "data_collator" in kwargs or "train_dataset" in kwargs:
             raise ValueError("HDSTrainer builds its own training dataset and collator")
+        if stop_rule is not None and not isinstance(stop_rule, StopRule):
+            raise TypeError("stop_rule must be a steu_ext.methods.hds.StopRule (e.g. IndistinguishableStop)")
+        unknown = set(eval_items or {}) - {"forget", "retain", "never_seen"}
+        if unknown:
+            raise ValueError(f"eval_items: unknown key(s) {sorted(unknown)} (forget, retain, never_seen)")
+        _warn_unused_hds_args(args)
+        args = copy.copy(args)
+        args.max_grad_norm = 0.0      # clipping is HDSConfig.clip_norm's, inside the HDS update (as in unlearn)
         cfg = copy.deepcopy(hds_config) if hds_config is not None else HDSConfig()
         if args.bf16:
             cfg.autocast_dtype = "bfloat16"
@@ -784,8 +860,11 @@ class HDSTrainer(Trainer):
                        original_device="cpu")
         cfg, fex, rex, pad = plan.config, plan.forget_examples, plan.retain_examples, plan.pad_id
         work, reference, self._original = plan.model, plan.reference, plan.original
-        self.hds_config, self.hierarchy = cfg, hierarchy
+        self.hds_config, self.hierarchy, self.stop_rule, self.stopping = cfg, hierarchy, stop_rule, None
+        self._qa_tokenizer = tokenizer
+        self.eval_items = {"forget": list(forget_items), "retain": list(retain_items), **(eval_items or {})}
         seed = args.data_seed if args.data_seed is not None else args.seed
+        self.hds_sampler = HDSEpochSampler(len(fex), seed)
         super().__init__(model=work, args=args, data_collator=HDSCollator(pad),
                          train_dataset=HDSPairDataset(fex, rex, seed=seed), processing_class=processing_class,
                          **kwargs)
@@ -798,7 +877,13 @@ class HDSTrainer(Trainer):
                                   if p.requires_grad}
         self.hds_grad = HDSGradient(cfg, [p for p in self.model.parameters() if p.requires_grad], reference,
                                     distributed=self.args.world_size > 1)
+        self._hds_sums: Optional[torch.Tensor] = None
+        self._hds_count = 0
+        self._eval_sums: Optional[torch.Tensor] = None
         self.add_callback(_HDSCallback(self))
+
+    def _get_train_sampler(self, train_dataset=None):
+        return self.hds_sampler
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -808,6 +893,12 @@ class HDSTrainer(Trainer):
                                             self.hds_config)
         return self.optimizer
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:   # constant HDSConfig.lr, as in unlearn
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, lambda _: 1.0)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         model.eval()   # dropout off
         inputs = self._prepare_inputs(inputs)
@@ -815,7 +906,17 @@ class HDSTrainer(Trainer):
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module   # no DDP forward: HDSGradient sums the gradients across ranks itself
         terms = self.hds_grad.accumulate(model, inputs["hds_forget"], inputs["hds_retain"], scale)
+        t = torch.stack([terms["forget_loss"], terms["keep_loss"]]).detach().float() * scale
+        self._hds_sums = t if self._hds_sums is None else self._hds_sums + t
+        self._hds_count += scale
         return (terms["forget_loss"] + self.hds_config.retain_weight * terms["keep_loss"]) * scale
+
+    def log(self, logs: Dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and self._hds_sums is not None and self._hds_count > 0:
+            f, k = (self._hds_sums / self._hds_count).tolist()
+            logs = {**logs, "forget_loss": f, "keep_loss": k}
+            self._hds_sums, self._hds_count = None, 0
+        super().log(logs, *args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "hds_forget" in inputs:   # e.g. evaluation on training batches: the HDS objective
@@ -825,6 +926,94 @@ class HDSTrainer(Trainer):
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if "hds_forget" not in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            lf, lk = self.hds_grad.losses(model, inputs["hds_forget"], inputs["hds_retain"])
+        model.train(was)
+        n = inputs["hds_forget"]["input_ids"].shape[0]
+        t = torch.stack([lf.detach().float(), lk.detach().float(), lf.new_tensor(1.0)]) * n
+        self._eval_sums = t if self._eval_sums is None else self._eval_sums + t
+        return (lf + self.hds_config.retain_weight * lk).detach(), None, None
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> Dict[str, float]:
+        """With an eval dataset: the Trainer's evaluation (for :class:`HDSPairDataset` batches the HDS
+        objective, plus ``{prefix}_forget_loss`` / ``{prefix}_keep_loss``). Without one: :meth:`qa_metrics`
+        on ``eval_items``, logged with the prefix."""
+        if eval_dataset is None and self.eval_dataset is None:
+            metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.qa_metrics().items()}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+        self._eval_sums = None
+        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if self._eval_sums is not None:
+            f, k, n = self._eval_sums.tolist()
+            extra = {f"{metric_key_prefix}_forget_loss": f / n, f"{metric_key_prefix}_keep_loss": k / n}
+            metrics.update(extra)
+            self.log(extra)
+            self._eval_sums = None
+        return metrics
+
+    def qa_metrics(self) -> Dict[str, float]:
+        """The model as it is now, on ``eval_items``: ``forget_acc``, ``retain_acc``, the HDS objective over
+        the training pairs of the first epoch (``loss``, ``forget_loss``, ``keep_loss``) and, with never-seen
+        items, ``mia_auc`` (forget vs never-seen) and the two mean losses."""
+        from ..eval.qa import accuracy, mia_auc
+        from ..methods.hds import collate
+
+        model = self.accelerator.unwrap_model(self.model)
+        tok, items, ml = self._qa_tokenizer, self.eval_items, self.hds_config.max_length
+        out: Dict[str, float] = {}
+        if items.get("forget"):
+            out["forget_acc"] = accuracy(model, tok, items["forget"], max_length=ml)
+        if items.get("retain"):
+            out["retain_acc"] = accuracy(model, tok, items["retain"], max_length=ml)
+        if items.get("never_seen") and items.get("forget"):
+            m = mia_auc(model, tok, items["forget"], items["never_seen"], max_length=ml)
+            out.update({"mia_auc": m["auc"], "mia_member_loss": m["member_loss"],
+                        "mia_nonmember_loss": m["nonmember_loss"]})
+        ds, dev, pad = self.train_dataset, self.args.device, self.data_collator.pad_token_id
+        was, epoch = model.training, ds.epoch
+        model.eval()
+        ds.set_epoch(0)
+        sums = torch.zeros(2, dtype=torch.float64)
+        bs = self.hds_config.batch_size
+        try:
+            with torch.no_grad():
+                for s in range(0, len(ds), bs):
+                    pairs = [ds[i] for i in range(s, min(s + bs, len(ds)))]
+                    fb = {k: v.to(dev) for k, v in collate([f for f, _ in pairs], pad).items()}
+                    rs = [r for _, r in pairs if r is not None]
+                    rb = {k: v.to(dev) for k, v in collate(rs, pad).items()} if rs else None
+                    lf, lk = self.hds_grad.losses(model, fb, rb)
+                    sums += torch.tensor([float(lf), float(lk)], dtype=torch.float64) * len(pairs)
+        finally:
+            ds.set_epoch(epoch)
+            model.train(was)
+        f, k = (sums / len(ds)).tolist()
+        out.update({"forget_loss": f, "keep_loss": k, "loss": f + self.hds_config.retain_weight * k})
+        return out
+
+    def save_adapter(self, folder: Union[str, os.PathLike], *, overwrite: bool = False) -> str:
+        """Write the edit as an unmerged PEFT adapter folder (see
+        :meth:`steu_ext.methods.hds.HDSResult.save_adapter`)."""
+        from ..methods.hds import adapter_of, save_adapter
+
+        model = self.accelerator.unwrap_model(self.model)
+        if not hasattr(model, "peft_config"):
+            raise ValueError("this trainer trains every parameter (adapter='none'): there is no adapter to save")
+        state, config, fp = adapter_of(model)
+        return save_adapter(folder, state, config, fp, {"params": self.params_report(),
+                                                       "config": asdict(self.hds_config),
+                                                       "stopping": self.stopping}, overwrite=overwrite)
+
     def params_report(self) -> Dict[str, Any]:
         """Exact element counts: trainable, modified (trainable elements that changed), base total, and
         the base elements a merge would change."""
@@ -833,8 +1022,12 @@ class HDSTrainer(Trainer):
         changed = sum(int((cur[n] != t).sum()) for n, t in self._trainable_before.items())
         trainable = sum(t.numel() for t in self._trainable_before.values())
         total = sum(t.numel() for t in self._original.values())
-        merged = self.unlearned_model()
-        dense = sum(int((p.detach().cpu() != self._original[n]).sum()) for n, p in merged.named_parameters())
+        if hasattr(model, "peft_config"):
+            from ..methods.hds import merged_changes
+
+            dense = merged_changes(model)
+        else:
+            dense = sum(int((p.detach().cpu() != self._original[n]).sum()) for n, p in model.named_parameters())
         return {"trainable": trainable, "modified": changed, "total": total, "percent": 100.0 * changed / total,
                 "trainable_percent": 100.0 * trainable / total, "merged_modified": dense,
                 "merged_percent": 100.0 * dense / total}

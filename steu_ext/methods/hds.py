@@ -39,9 +39,21 @@ Per step, with a forget batch (items of the forget domain) and a retain batch:
   (:func:`steu_ext.grad_project_basis_`; rebuilding that basis by QR costs one host sync per step).
   The update is ``g_f' + lambda * g_r``. With Adam the step is
   rescaled per coordinate afterwards, so orthogonality holds for the gradient, exactly so for ``sgd``.
-* **parameter budget**: LoRA adapters via ``peft`` (``adapter="lora"``, configurable target modules) or
-  every parameter (``adapter="none"``, the classic baselines). The result reports the exact number of
-  elements that changed (adapter elements, and the dense base elements changed once merged).
+* **parameter budget**: LoRA adapters via ``peft`` (``adapter="lora"``; placement ``lora_targets`` /
+  ``lora_layers``, rank ``lora_r``; :func:`lora_budget` computes the share a placement trains, also for
+  a config only, e.g. a 7B Llama's, on the meta device) or every parameter (``adapter="none"``, the
+  classic baselines). The result reports the exact number of adapter elements trained and of base
+  elements a merge would change (:func:`merged_changes`), and ships the edit as an **unmerged PEFT
+  adapter** (:meth:`HDSResult.save_adapter`, :func:`load_adapter` with a base-fingerprint check,
+  :func:`remove_adapter` restores the base weights bit-exact).
+* **stopping**: ``monitor`` rules checked after every epoch. :class:`IndistinguishableStop` ("until
+  indistinguishable"): forget accuracy within a band of the never-seen level and loss-MIA AUC within a
+  band of 0.5, on items of its own (report on disjoint ones); it restores the closest epoch when never
+  met. :class:`ForgettingStop` keeps the paper's "forgetting rate >= target" framing.
+  :func:`estimate_question_target` takes ``question_target`` from never-taught items.
+* **one computation, two entry points**: :func:`unlearn` and ``HDSTrainer`` share :func:`epoch_order`,
+  :func:`retain_position`, the LoRA initialisation, :class:`HDSGradient`, a constant learning rate and
+  ``clip_norm`` as the only clipping, so at equal settings they train the same weights.
 * **DP-style noise** (optional): the batch update is clipped to ``clip_norm`` and Gaussian noise of
   std ``noise_multiplier * clip_norm`` is added. Clipping is per batch, not per example, and no
   accountant runs: **no privacy guarantee or budget is claimed**.
@@ -61,14 +73,17 @@ Per step, with a forget batch (items of the forget domain) and a retain batch:
 
 :func:`unlearn` returns a new model (the caller's model is not modified). GA, NPO and GradDiff are
 configurations of the same loop (:func:`baseline_config`). :func:`tiny_causal_lm` and :func:`teach` build
-the small randomly initialised LM of the offline protocol.
+the small randomly initialised LM of the offline protocol (with its gold standard in
+:mod:`steu_ext.experiments.hds_protocol`).
 """
 from __future__ import annotations
 
 import collections
 import contextlib
 import copy
+import functools
 import logging
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -86,8 +101,11 @@ from ..ops.grad_project import grad_project_, grad_project_basis_, orthonormal_b
 log = logging.getLogger("steu_ext")
 
 __all__ = ["HDSConfig", "HDSResult", "HDSGradient", "encode_examples", "collate", "unlearn",
-           "baseline_config", "wrap_lora", "wordpiece_tokenizer", "ABLATIONS", "tiny_causal_lm", "teach",
-           "forget_objective", "question_objective", "keep_nll", "forgetting_monitor", "question_nll"]
+           "baseline_config", "wrap_lora", "lora_config", "lora_budget", "wordpiece_tokenizer", "ABLATIONS",
+           "tiny_causal_lm", "teach", "forget_objective", "question_objective", "keep_nll", "forgetting_monitor",
+           "question_nll", "estimate_question_target", "StopRule", "ForgettingStop", "IndistinguishableStop",
+           "save_adapter", "load_adapter", "remove_adapter", "merged_changes", "base_fingerprint", "epoch_order",
+           "retain_position"]
 
 FORGET_LOSSES = ("ga", "npo")
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16}
@@ -121,6 +139,7 @@ class HDSConfig:
     lora_r: int = 4
     lora_alpha: float = 4.0
     lora_targets: Any = "all-linear"     # peft target_modules: module names, or "all-linear"
+    lora_layers: Optional[List[int]] = None   # peft layers_to_transform: decoder layer indices (None: all)
     optimizer: str = "adamw"             # adamw | sgd
     lr: float = 1e-2
     epochs: int = 30
@@ -176,6 +195,11 @@ class HDSConfig:
             raise ValueError("clip_norm must be > 0")
         if not self.lora_targets and self.adapter == "lora":
             raise ValueError("lora_targets is empty")
+        if self.lora_layers is not None and (isinstance(self.lora_layers, (str, bytes)) or not self.lora_layers
+                                             or any(isinstance(i, bool) or not isinstance(i, int) or i < 0
+                                                    for i in self.lora_layers)):
+            raise ValueError(f"lora_layers must be None or a non-empty list of layer indices >= 0, got "
+                             f"{self.lora_layers!r}")
         if self.autocast_dtype in ("float16", "fp16", "half", torch.float16):
             raise ValueError("autocast_dtype='float16' is not supported: fp16 needs loss scaling, which HDS's "
                              "two torch.autograd.grad passes do not do; use 'bfloat16' or None")
@@ -512,20 +536,44 @@ class HDSGradient:
 
 @dataclass
 class HDSResult:
-    model: nn.Module                    # the unlearned model (LoRA merged), a new object
-    adapter: Optional[Dict[str, torch.Tensor]]   # LoRA tensors (None without adapters)
+    model: nn.Module                    # the unlearned model (LoRA merged unless unlearn(merge=False)), a new object
+    adapter: Optional[Dict[str, torch.Tensor]]   # LoRA tensors by parameter name (None without adapters)
     params: Dict[str, Any]              # exact counts of trainable / modified elements
     history: List[Dict[str, float]] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
     steps: int = 0
     epochs: int = 0
     config: Dict[str, Any] = field(default_factory=dict)
+    adapter_state: Optional[Dict[str, torch.Tensor]] = None   # the PEFT adapter as peft saves it
+    adapter_config: Optional[Dict[str, Any]] = None           # its LoraConfig (peft's to_dict())
+    base_fingerprint: Optional[str] = None                    # sha256 of the base weights LoRA adapts
+    stopping: Optional[Dict[str, Any]] = None                 # the stopping rule's record (see StopRule)
+
+    def save_adapter(self, folder: Union[str, os.PathLike], *, overwrite: bool = False) -> str:
+        """Write the HDS edit as an unmerged PEFT adapter (``adapter_config.json``,
+        ``adapter_model.safetensors``, loadable with ``peft.PeftModel.from_pretrained(base, folder)``) plus
+        ``steu_hds.json`` (base fingerprint, parameter counts, config). The base model's weights are not
+        in it: the edit stays small and reversible (:func:`load_adapter` / :func:`remove_adapter`)."""
+        if self.adapter_state is None or self.adapter_config is None:
+            raise ValueError("this result has no adapter (adapter='none' trains every parameter): save the "
+                             "model instead")
+        return save_adapter(folder, self.adapter_state, self.adapter_config, self.base_fingerprint,
+                            {"params": self.params, "config": self.config, "stopping": self.stopping},
+                            overwrite=overwrite)
 
 
 def wrap_lora(model: nn.Module, cfg: HDSConfig) -> nn.Module:
     """``peft`` LoRA adapters on ``cfg.lora_targets`` (module names, or ``"all-linear"``: every linear
-    layer but the output head); only they train. ``ValueError`` when a named module does not exist."""
-    from peft import LoraConfig, get_peft_model
+    layer but the output head), in the decoder layers ``cfg.lora_layers`` (all when None); only they train.
+    ``ValueError`` when a named module or layer does not exist."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(model, cfg))
+
+
+def lora_config(model: nn.Module, cfg: HDSConfig):
+    """The ``peft.LoraConfig`` of ``cfg`` for ``model``, checked against the model's modules and layers."""
+    from peft import LoraConfig
 
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     targets = cfg.lora_targets if isinstance(cfg.lora_targets, str) else list(cfg.lora_targets)
@@ -534,9 +582,212 @@ def wrap_lora(model: nn.Module, cfg: HDSConfig) -> nn.Module:
     if missing:
         raise ValueError(f"lora_targets {missing} match no module of {type(model).__name__} "
                          f"(module names include {sorted(names)[:20]})")
-    lc = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=targets,
-                    lora_dropout=0.0, bias="none")
-    return get_peft_model(model, lc)
+    layers = None
+    if cfg.lora_layers is not None:
+        n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+        layers = sorted(set(int(i) for i in cfg.lora_layers))
+        if n is not None and layers[-1] >= n:
+            raise ValueError(f"lora_layers {layers} out of range: the model has {n} layers (0..{n - 1})")
+        if targets == "all-linear":   # peft takes layers_to_transform with module names only
+            out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+            targets = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                              if isinstance(m, nn.Linear) and m is not out})
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=targets, lora_dropout=0.0,
+                      bias="none", layers_to_transform=layers)
+
+
+def lora_budget(model_or_config, cfg: HDSConfig) -> Dict[str, Any]:
+    """LoRA parameters ``cfg`` trains on a model, and their share of its parameters, without training:
+    ``model_or_config`` is a model or a ``transformers`` config (e.g. a 7B Llama's), instantiated on the
+    meta device (no memory) and wrapped with peft's own module matching.
+    Returns ``{"lora_params", "total", "percent", "modules"}``."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    conf = getattr(model_or_config, "config", None) if isinstance(model_or_config, nn.Module) else model_or_config
+    if conf is not None:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(conf)
+    else:   # a module without a transformers config: a meta copy of its structure
+        model = copy.deepcopy(model_or_config).to("meta")
+    total = sum(p.numel() for p in model.parameters())
+    with torch.device("meta"):
+        wrapped = get_peft_model(model, lora_config(model, cfg))
+    lora = sum(p.numel() for n, p in wrapped.named_parameters() if "lora_" in n)
+    modules = sum(1 for n, _ in wrapped.named_modules() if n.endswith(".lora_A"))
+    return {"lora_params": lora, "total": total, "percent": 100.0 * lora / total, "modules": modules}
+
+
+ADAPTER_META = "steu_hds.json"
+ADAPTER_FORMAT = "steu_ext.hds_adapter/1"
+
+
+def _lora_modules(model: nn.Module) -> Dict[str, nn.Module]:
+    """peft LoRA layers of a peft model by their base-model module name (``model.layers.0.mlp.down_proj``)."""
+    out = {}
+    for n, m in model.named_modules():
+        if hasattr(m, "base_layer") and hasattr(m, "lora_A"):
+            name = n[len("base_model.model."):] if n.startswith("base_model.model.") else n
+            out[name] = m
+    return out
+
+
+def base_fingerprint(weights: Dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of ``weights`` (sorted by name)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for n in sorted(weights):
+        t = weights[n].detach().cpu().contiguous()
+        h.update(f"{n}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _adapted_base_weights(model: nn.Module) -> Dict[str, torch.Tensor]:
+    return {f"{n}.weight": m.base_layer.weight for n, m in _lora_modules(model).items()}
+
+
+def merged_changes(model: nn.Module) -> int:
+    """Elements of the base weights that merging ``model``'s LoRA adapters would change (exactly: the
+    merged value ``W + delta`` in the weight's dtype differs from ``W``), without merging."""
+    changed = 0
+    with torch.no_grad():
+        for m in _lora_modules(model).values():
+            w = m.base_layer.weight
+            for name in m.active_adapters:
+                if name in m.lora_A:
+                    changed += int(((w + m.get_delta_weight(name).to(w.dtype)) != w).sum())
+    return changed
+
+
+def save_adapter(folder: Union[str, os.PathLike], state: Dict[str, torch.Tensor], config: Dict[str, Any],
+                 fingerprint: Optional[str], info: Optional[Dict[str, Any]] = None, *,
+                 overwrite: bool = False) -> str:
+    """Write a PEFT adapter folder (see :meth:`HDSResult.save_adapter`), built under a temporary name and
+    renamed at the end. An existing ``folder`` is replaced only with ``overwrite`` and only when it is an
+    HDS adapter folder (it holds ``steu_hds.json``); anything else there is never touched."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder = os.fspath(folder)
+    if os.path.exists(folder):
+        if not overwrite:
+            raise FileExistsError(f"{folder} exists (pass overwrite=True to replace an HDS adapter folder)")
+        if not os.path.isfile(os.path.join(folder, ADAPTER_META)):
+            raise FileExistsError(f"{folder} exists and is not an HDS adapter folder (no {ADAPTER_META}): "
+                                  "not replacing it")
+    parent = os.path.dirname(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(folder)}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                  os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
+        cfg = dict(config)
+        with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True, default=_json_default)
+        with open(os.path.join(tmp, ADAPTER_META), "w") as f:
+            json.dump({"format": ADAPTER_FORMAT, "base_fingerprint": fingerprint, **(info or {})}, f, indent=1,
+                      default=_json_default)
+        if os.path.exists(folder):
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _json_default(o):
+    if isinstance(o, (set, frozenset, tuple)):
+        return sorted(o) if isinstance(o, (set, frozenset)) else list(o)
+    if hasattr(o, "value"):          # enums (peft's TaskType, ...)
+        return o.value
+    return str(o)
+
+
+def adapter_of(model: nn.Module) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], str]:
+    """(state, config dict, base fingerprint) of a peft model's default adapter, as :func:`save_adapter`
+    writes them."""
+    from peft import get_peft_model_state_dict
+
+    state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
+    config = model.peft_config["default"].to_dict()
+    return state, config, base_fingerprint(_adapted_base_weights(model))
+
+
+def load_adapter(model: nn.Module, folder: Union[str, os.PathLike], *, check: bool = True) -> nn.Module:
+    """Apply a saved HDS adapter to ``model`` (the base it was made from): returns the peft model (the
+    adapter unmerged; ``model``'s weights are not changed, :func:`remove_adapter` gives them back
+    bit-exact). With ``check`` (default) the base weights the adapter modifies must hash to the
+    fingerprint saved with it (``ValueError`` otherwise, before anything is returned)."""
+    import json
+
+    from peft import PeftModel
+
+    folder = os.fspath(folder)
+    meta_path = os.path.join(folder, ADAPTER_META)
+    for need in ("adapter_config.json", "adapter_model.safetensors"):
+        if not os.path.isfile(os.path.join(folder, need)):
+            raise FileNotFoundError(f"{folder} is not a PEFT adapter folder: {need} missing")
+    meta = {}
+    if os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("format") != ADAPTER_FORMAT:
+            raise ValueError(f"{meta_path}: unknown format {meta.get('format')!r}")
+    wrapped = PeftModel.from_pretrained(model, folder, is_trainable=False)
+    if check:
+        want = meta.get("base_fingerprint")
+        if want is None:
+            remove_adapter(wrapped)
+            raise ValueError(f"{folder} has no base fingerprint ({ADAPTER_META}); pass check=False to apply it "
+                             "without checking the base model")
+        got = base_fingerprint(_adapted_base_weights(wrapped))
+        if got != want:
+            remove_adapter(wrapped)
+            raise ValueError(f"the model is not the base the adapter in {folder} was made from (the weights it "
+                             "adapts differ); pass check=False to apply it anyway")
+    return wrapped
+
+
+def remove_adapter(model: nn.Module) -> nn.Module:
+    """Revert :func:`load_adapter`: the base model with its original weights (the adapter was never
+    merged, so they are bit-exact). A merged adapter cannot be removed exactly: ``ValueError``."""
+    if not hasattr(model, "unload"):
+        raise ValueError("not a peft model: no adapter to remove")
+    for m in _lora_modules(model).values():
+        if getattr(m, "merged", False):
+            raise ValueError("the adapter was merged into the weights: removing it would not restore the "
+                             "original weights exactly")
+    return model.unload()
+
+
+# ---------------------------------------------------------------------------------------------------
+# the data order, shared by unlearn() and the HF HDSTrainer
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> List[int]:
+    """The order of the forget examples in ``epoch``: a seeded permutation of ``range(n)``."""
+    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + 7_919 * (int(epoch) + 1)) % (2 ** 63))
+    return torch.randperm(n, generator=g).tolist()
+
+
+def retain_position(n_forget: int, n_retain: int, seed: int, epoch: int, i: int) -> int:
+    """The retain example paired with forget example ``i`` in ``epoch``: position ``epoch * n_forget + i``
+    of consecutive seeded permutations of the retain set (each retain example once per cycle)."""
+    cycle, pos = divmod(int(epoch) * n_forget + int(i), n_retain)
+    return int(_retain_perm(int(n_retain), int(seed), cycle)[pos])
+
+
+@functools.lru_cache(maxsize=4)
+def _retain_perm(n_retain: int, seed: int, cycle: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed((seed * 1_000_003 + cycle) % (2 ** 63))
+    return torch.randperm(n_retain, generator=g)
 
 
 def _ref_sums(model, examples, pad_id, batch_size=32, autocast_dtype: Optional[str] = None) -> None:
@@ -619,14 +870,21 @@ def make_optimizer(params: List[torch.Tensor], cfg: HDSConfig) -> torch.optim.Op
 
 def unlearn(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Sequence[QAItem], *,
             hierarchy: Optional[ConceptHierarchy] = None, config: Optional[HDSConfig] = None,
-            monitor: Optional[Callable[[nn.Module, int], bool]] = None, progress: bool = False) -> HDSResult:
+            monitor: Optional[Callable[[nn.Module, int], bool]] = None, progress: bool = False,
+            merge: bool = True) -> HDSResult:
     """Unlearn the ``forget`` items' knowledge from a causal LM while keeping the ``retain`` items'.
 
-    Works on a deep copy: ``model`` is not modified. ``monitor(model, epoch)`` is called after every
-    epoch (model in its trainable form) and stops training when it returns True. Token interventions need
-    ``hierarchy``; without one they are off (a warning says so). ``config.autocast_dtype="bfloat16"``
-    trains under bf16 autocast; a model loaded in bf16 works as it is (the merged result keeps its dtype,
-    so the merge rounds the LoRA update to bf16).
+    Works on a deep copy: ``model`` is not modified. Epoch ``e`` visits the forget examples in
+    :func:`epoch_order` ``(n, seed, e)``, in batches of ``batch_size``, each with its paired retain example
+    (:func:`retain_position`), at a constant learning rate, clipping only with ``clip_norm``: the same
+    computation as ``HDSTrainer`` (with ``per_device_train_batch_size=batch_size``). ``monitor(model,
+    epoch)`` is called after every epoch (model in its trainable form) and stops training when it returns
+    True; a :class:`StopRule` monitor also restores its best epoch when its rule was never met
+    (``finish``) and its record lands in ``result.stopping``. Token interventions need ``hierarchy``;
+    without one they are off (a warning says so). ``config.autocast_dtype="bfloat16"`` trains under bf16
+    autocast; a model loaded in bf16 works as it is (the merged result keeps its dtype, so the merge
+    rounds the LoRA update to bf16). With LoRA, ``merge=False`` returns the peft model with the adapter
+    unmerged (``result.save_adapter`` writes the adapter either way).
     """
     t0 = time.perf_counter()
     torch.manual_seed(config.seed if config is not None else HDSConfig().seed)
@@ -641,8 +899,6 @@ def unlearn(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Seque
     t_prep = time.perf_counter()
 
     work.eval()  # dropout off: the frozen parts compute what the original did
-    rng = random.Random(cfg.seed)
-    r_order: List[int] = []
     history: List[Dict[str, float]] = []
     steps, epochs = 0, 0
     bar = None
@@ -650,19 +906,14 @@ def unlearn(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Seque
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.epochs, desc="HDS", unit="epoch")
     for epoch in range(cfg.epochs):
-        order = list(range(len(fex)))
-        rng.shuffle(order)
+        order = epoch_order(len(fex), cfg.seed, epoch)
         sums = None
         for s in range(0, len(order), cfg.batch_size):
-            part = [fex[i] for i in order[s:s + cfg.batch_size]]
-            fb = {k: v.to(device) for k, v in collate(part, pad).items()}
+            part = order[s:s + cfg.batch_size]
+            fb = {k: v.to(device) for k, v in collate([fex[i] for i in part], pad).items()}
             rb = None
             if rex:
-                if len(r_order) < cfg.batch_size:
-                    more = list(range(len(rex)))
-                    rng.shuffle(more)
-                    r_order += more
-                ri, r_order = r_order[:cfg.batch_size], r_order[cfg.batch_size:]
+                ri = [retain_position(len(fex), len(rex), cfg.seed, epoch, i) for i in part]
                 rb = {k: v.to(device) for k, v in collate([rex[i] for i in ri], pad).items()}
             opt.zero_grad(set_to_none=True)
             terms = grad.accumulate(work, fb, rb)
@@ -681,40 +932,186 @@ def unlearn(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Seque
             break
     if bar is not None:
         bar.close()
+    stopping = None
+    if isinstance(monitor, StopRule):
+        monitor.finish(work)
+        stopping = monitor.record()
     t_train = time.perf_counter()
 
     changed = sum(int((p.detach() != trainable_before[n]).sum()) for n, p in work.named_parameters()
                   if n in trainable_before)
     trainable = sum(t.numel() for t in trainable_before.values())
-    adapter = None
+    total = sum(t.numel() for t in original.values())
+    adapter = adapter_state = adapter_cfg = fingerprint = None
     if cfg.adapter == "lora":
         adapter = {n: p.detach().cpu().clone() for n, p in work.named_parameters() if p.requires_grad}
-        work = work.merge_and_unload()
+        adapter_state, adapter_cfg, fingerprint = adapter_of(work)
+        dense = merged_changes(work)
+        if merge:
+            work = work.merge_and_unload()
+    else:
+        dense = sum(int((p.detach() != original[n]).sum()) for n, p in work.named_parameters())
     work.requires_grad_(False)
-    total = sum(t.numel() for t in original.values())
-    dense = sum(int((p.detach() != original[n]).sum()) for n, p in work.named_parameters())
     info = {"trainable": trainable, "modified": changed, "total": total, "percent": 100.0 * changed / total,
             "trainable_percent": 100.0 * trainable / total, "merged_modified": dense,
             "merged_percent": 100.0 * dense / total}
     seconds = {"prepare": t_prep - t0, "train": t_train - t_prep, "total": time.perf_counter() - t0}
-    return HDSResult(work, adapter, info, history, seconds, steps, epochs, asdict(cfg))
+    return HDSResult(work, adapter, info, history, seconds, steps, epochs, asdict(cfg), adapter_state,
+                     adapter_cfg, fingerprint, stopping)
+
+
+class StopRule:
+    """A ``monitor`` (for :func:`unlearn` or ``HDSTrainer``) with a record of every check and, with
+    ``keep_best``, a snapshot of the trainable parameters at the best check so far; :meth:`finish` puts
+    that snapshot back when the rule was never met."""
+
+    def __init__(self, keep_best: bool = True):
+        self.keep_best = bool(keep_best)
+        self.trace: List[Dict[str, Any]] = []
+        self.met_at: Optional[int] = None
+        self.best: Optional[Tuple[Tuple[float, ...], int]] = None
+        self._best_state: Optional[Dict[str, torch.Tensor]] = None
+        self.restored = False
+
+    def check(self, model: nn.Module, epoch: int) -> Tuple[bool, Tuple[float, ...], Dict[str, Any]]:
+        """(met, score to minimise, figures) of the model after ``epoch``."""
+        raise NotImplementedError
+
+    def __call__(self, model: nn.Module, epoch: int) -> bool:
+        met, score, figs = self.check(model, epoch)
+        self.trace.append({"epoch": int(epoch), "met": bool(met), **figs})
+        if self.best is None or score < self.best[0]:
+            self.best = (score, int(epoch))
+            if self.keep_best:
+                self._best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        if met and self.met_at is None:
+            self.met_at = int(epoch)
+        return bool(met)
+
+    def finish(self, model: nn.Module) -> None:
+        """After training: when the rule was never met and ``keep_best``, load the best check's trainable
+        parameters into ``model``."""
+        if self.met_at is None and self.keep_best and self._best_state is not None and self.trace \
+                and self.best[1] != self.trace[-1]["epoch"]:
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in self._best_state:
+                        p.copy_(self._best_state[n])
+            self.restored = True
+
+    def record(self) -> Dict[str, Any]:
+        return {"rule": type(self).__name__, "met": self.met_at is not None, "met_at_epoch": self.met_at,
+                "best_epoch": None if self.best is None else self.best[1], "restored_best": self.restored,
+                "trace": list(self.trace)}
+
+
+class ForgettingStop(StopRule):
+    """The paper's framing: stop once the forgetting rate ``(acc_before - acc) / acc_before`` on ``forget``
+    reaches ``target`` (kept for comparison: it rewards over-forgetting, see :class:`IndistinguishableStop`)."""
+
+    def __init__(self, tokenizer, forget: Sequence[QAItem], acc_before: float, target: float = 0.8, *,
+                 keep_best: bool = False, **score_kw):
+        super().__init__(keep_best)
+        if acc_before <= 0:
+            raise ValueError("acc_before must be > 0")
+        if not forget:
+            raise ValueError("the stopping rule needs forget items")
+        self.tokenizer, self.forget, self.acc_before, self.target, self.kw = tokenizer, list(forget), \
+            float(acc_before), float(target), score_kw
+
+    def check(self, model, epoch):
+        acc = accuracy(model, self.tokenizer, self.forget, **self.kw)
+        rate = (self.acc_before - acc) / self.acc_before
+        return rate >= self.target, (max(self.target - rate, 0.0),), {"forget_acc": acc, "forgetting_rate": rate}
+
+
+class IndistinguishableStop(StopRule):
+    """Stop "until indistinguishable" from a model that never saw the forget items: the accuracy on the
+    rule's forget items within ``band`` of ``level`` (the never-seen level) and the loss-based MIA AUC of
+    those items against never-seen items of the same domain within ``auc_band`` of 0.5 (both sides: an
+    over-forgotten item, with a loss above the never-seen ones, is as recognisable as a remembered one).
+
+    Give the rule its own items (``forget`` a subset of the unlearned items, ``never_seen`` held-out items
+    of the domain) and report on disjoint ones. ``level``: the accuracy a model never taught ``forget``
+    reaches on them (in the protocol: the gold standard's); None estimates it as the accuracy of ``model``
+    (the original, before unlearning) on ``never_seen``, computed at construction. If the rule is never
+    met, training runs to its last epoch and :meth:`finish` restores the epoch whose figures came closest
+    (``keep_best``)."""
+
+    def __init__(self, tokenizer, forget: Sequence[QAItem], never_seen: Sequence[QAItem], *,
+                 level: Optional[float] = None, model: Optional[nn.Module] = None, band: float = 0.05,
+                 auc_band: float = 0.05, keep_best: bool = True, long_answer: bool = False, **score_kw):
+        super().__init__(keep_best)
+        if not forget or not never_seen:
+            raise ValueError("the stopping rule needs forget items and never-seen items of the same domain")
+        if {i.id for i in forget} & {i.id for i in never_seen}:
+            raise ValueError("the stopping rule's forget and never-seen items overlap")
+        if not (0 < band < 1 and 0 < auc_band < 0.5):
+            raise ValueError("band must be in (0, 1) and auc_band in (0, 0.5)")
+        if level is None:
+            if model is None:
+                raise ValueError("give the never-seen level, or the original model to estimate it from the "
+                                 "never-seen items")
+            level = accuracy(model, tokenizer, never_seen, **score_kw)
+            self.level_source = "accuracy of the original model on the rule's never-seen items"
+        else:
+            self.level_source = "given"
+        if not 0 <= level <= 1:
+            raise ValueError(f"level must be an accuracy in [0, 1], got {level!r}")
+        self.tokenizer, self.forget, self.never = tokenizer, list(forget), list(never_seen)
+        self.level, self.band, self.auc_band, self.long_answer, self.kw = float(level), float(band), \
+            float(auc_band), bool(long_answer), score_kw
+
+    def check(self, model, epoch):
+        from ..eval.qa import mia_auc
+
+        acc = accuracy(model, self.tokenizer, self.forget, **self.kw)
+        m = mia_auc(model, self.tokenizer, self.forget, self.never, long_answer=self.long_answer, **self.kw)
+        da, dm = abs(acc - self.level), abs(m["auc"] - 0.5)
+        met = da <= self.band + 1e-12 and dm <= self.auc_band + 1e-12
+        score = (max(da - self.band, 0.0) / self.band + max(dm - self.auc_band, 0.0) / self.auc_band,
+                 da / self.band + dm / self.auc_band)
+        return met, score, {"forget_acc": acc, "mia_auc": m["auc"], "member_loss": m["member_loss"],
+                            "nonmember_loss": m["nonmember_loss"]}
+
+    def record(self) -> Dict[str, Any]:
+        return {**super().record(), "level": self.level, "level_source": self.level_source, "band": self.band,
+                "auc_band": self.auc_band, "n_forget": len(self.forget), "n_never_seen": len(self.never)}
 
 
 def forgetting_monitor(tokenizer, forget: Sequence[QAItem], acc_before: float, target: float = 0.8,
                        trace: Optional[List[float]] = None, **score_kw) -> Callable[[nn.Module, int], bool]:
     """A ``monitor`` for :func:`unlearn` that stops once the forgetting rate on ``forget`` reaches
     ``target`` (checked after every epoch; the accuracies are appended to ``trace``). Used to compare
-    methods at the same forgetting."""
-    if acc_before <= 0:
-        raise ValueError("acc_before must be > 0")
+    methods at the same forgetting (the paper's framing; see :class:`IndistinguishableStop`)."""
+    rule = ForgettingStop(tokenizer, forget, acc_before, target, **score_kw)
+    if trace is None:
+        return rule
 
     def monitor(model: nn.Module, epoch: int) -> bool:
-        acc = accuracy(model, tokenizer, forget, **score_kw)
-        if trace is not None:
-            trace.append(acc)
-        return (acc_before - acc) / acc_before >= target
+        stop = rule(model, epoch)
+        trace.append(rule.trace[-1]["forget_acc"])
+        return stop
 
     return monitor
+
+
+def estimate_question_target(model: nn.Module, tokenizer, never_taught: Sequence[QAItem], *,
+                             max_length: int = 64, long_answer: bool = False,
+                             exclude: Sequence[QAItem] = ()) -> Dict[str, Any]:
+    """``question_target`` for ``question_weight > 0``, estimated on items the model was never taught:
+    the median of :func:`question_nll` of ``model`` (the original) over ``never_taught``. ``exclude``
+    (e.g. the items reported as MIA non-members, and the forget and retain items) must not overlap them:
+    ``ValueError`` when it does. Returns ``{"value", "n", "median", "mean", "ids"}``."""
+    if not never_taught:
+        raise ValueError("estimating question_target needs never-taught items")
+    clash = {i.id for i in never_taught} & {i.id for i in exclude}
+    if clash:
+        raise ValueError(f"{len(clash)} of the items for question_target are also taught, unlearned or reported "
+                         f"items (e.g. {sorted(clash)[:3]}): use held-out items the model never saw")
+    q = question_nll(model, tokenizer, never_taught, max_length=max_length, long_answer=long_answer)
+    return {"value": float(q.median()), "n": len(never_taught), "median": float(q.median()),
+            "mean": float(q.mean()), "ids": [i.id for i in never_taught]}
 
 
 @torch.no_grad()
@@ -803,11 +1200,12 @@ def tiny_causal_lm(texts: Sequence[str], *, seed: int = 0, vocab_size: int = 300
 
 
 def teach(model: nn.Module, tokenizer, items: Sequence[QAItem], *, epochs: int = 200, lr: float = 3e-3,
-          batch_size: int = 32, max_length: int = 96, long_answer: bool = False, target_acc: float = 0.95,
-          check_every: int = 10, seed: int = 0) -> Dict[str, Any]:
+          batch_size: int = 32, max_length: int = 96, long_answer: bool = False,
+          target_acc: Optional[float] = 0.95, check_every: int = 10, seed: int = 0) -> Dict[str, Any]:
     """Teach ``model`` (in place) the items' training texts with next-token cross-entropy on every token
     until its multiple-choice accuracy on them reaches ``target_acc`` (checked every ``check_every``
-    epochs) or ``epochs`` run out. Returns ``{"accuracy", "epochs", "seconds"}``."""
+    epochs) or ``epochs`` run out (``target_acc=None``: exactly ``epochs`` epochs, e.g. to repeat another
+    run's schedule). Returns ``{"accuracy", "epochs", "seconds"}``."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -830,9 +1228,9 @@ def teach(model: nn.Module, tokenizer, items: Sequence[QAItem], *, epochs: int =
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        if ep % check_every == 0 or ep == epochs:
+        if ep == epochs or (target_acc is not None and ep % check_every == 0):
             acc = accuracy(model, tokenizer, items, max_length=max_length)
-            if acc >= target_acc:
+            if target_acc is not None and acc >= target_acc:
                 break
     model.eval()
     return {"accuracy": acc, "epochs": ep, "seconds": time.perf_counter() - t0}

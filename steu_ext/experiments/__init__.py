@@ -1,0 +1,1 @@
+"""Experiment protocols (offline, CPU-sized): :mod:`steu_ext.experiments.hds_protocol`."""
