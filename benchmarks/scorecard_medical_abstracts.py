@@ -13,6 +13,9 @@ modified parameters. Fine-tuned originals and gold standards are cached (weights
 The STEU settings are the library defaults, chosen on development seed 100 (never on the seeds reported
 here; the sweep is in ``benchmarks/results/steu_objective_sweep.md``).
 
+Each (target, seed) report is kept in --work and reused by a later call with the same settings, so the
+scorecard can be built one piece at a time (``--targets neoplasms --seeds 0``) and aggregated at the end.
+
 Writes ``benchmarks/results/scorecard_medical_abstracts.{json,md}`` and
 ``scorecard_medical_abstracts_probe_vs_retain.png``; the per-seed reports go to --work.
 """
@@ -62,6 +65,8 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/steu_scorecard_medical_abstracts")
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--stem", default="scorecard_medical_abstracts")
+    ap.add_argument("--no-reuse", action="store_true",
+                    help="rerun every (target, seed) even when --work holds its report with the same settings")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     data = load_medical_abstracts(a.data)
@@ -80,7 +85,7 @@ def main() -> int:
         data, a.targets.split(","), seeds=seeds, out_dir=a.work, stem="scorecard", extra=extra,
         methods=a.methods.split(","), finetune_mode="full", finetune_epochs=a.finetune_epochs,
         finetune_lr=a.finetune_lr, test_fraction=a.test_fraction, probe_fraction=a.probe_fraction,
-        max_train_docs=a.max_train_docs, cache_dir=a.cache_dir, progress=False,
+        max_train_docs=a.max_train_docs, cache_dir=a.cache_dir, progress=False, reuse=not a.no_reuse,
         config=STEUConfig(max_length=a.max_length),
         probe_config=ProbeConfig(seed=0),
         relearn_config=RelearnConfig(steps=a.relearn_steps, eval_every=a.relearn_eval_every,

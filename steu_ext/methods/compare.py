@@ -281,6 +281,31 @@ def run_compare(data: TextClassificationData, target, *, methods: Sequence[str] 
     return report
 
 
+def _run_key(data: TextClassificationData, target: int, seed: int, compare_kw: Dict[str, Any]) -> str:
+    """A hash of everything one scorecard run depends on (documents, labels, target, seed, settings)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for text, lab in zip(data.text, data.labels):
+        h.update(text.encode("utf-8", "surrogatepass") + b"\0" + repr(lab).encode() + b"\1")
+    kw = {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in sorted(compare_kw.items())}
+    h.update(json.dumps({"labels": list(data.label_names), "target": target, "seed": seed, "kw": kw},
+                        sort_keys=True, default=repr).encode())
+    return h.hexdigest()
+
+
+def _read_report(path: str, key: str) -> Optional[Dict[str, Any]]:
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            rep = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return rep if isinstance(rep, dict) and rep.get("run_key") == key else None
+
+
 def _row(method: str, ev: Dict[str, Any], modified: int, total: int, seconds: Optional[float]
          ) -> Dict[str, Any]:
     return {"method": method, "forget_f1": ev["forget_f1"], "retain_macro_f1": ev["retain_macro_f1"],
@@ -309,12 +334,14 @@ def format_table(report: Dict[str, Any]) -> str:
 def run_scorecard(data: TextClassificationData, targets: Sequence, *, seeds: Sequence[int] = (0, 1, 2),
                   out_dir: str = "steu_scorecard", method: str = "steu", stem: str = "scorecard",
                   extra: Optional[Dict[str, Any]] = None, per_seed_reports: bool = True,
-                  **compare_kw) -> Dict[str, Any]:
+                  reuse: bool = False, **compare_kw) -> Dict[str, Any]:
     """:func:`run_compare` for every target class and seed (seed = data split + fine-tuning + unlearning
     seed; ``compare_kw`` go to every call), then the scorecard of mean ± sd over seeds
     (:func:`~steu_ext.eval.scorecard.write_seed_scorecard`) in ``out_dir``. With ``per_seed_reports`` each
-    run's full report is kept in ``out_dir/<target>/seed_<n>/``. Returns ``{"by_target": {name: [reports]},
-    "paths": {...}}``."""
+    run's full report is kept in ``out_dir/<target>/seed_<n>/``. With ``reuse=True`` a kept report is read
+    back instead of rerun when its ``run_key`` (a hash of the documents, labels, target, seed and every
+    setting) matches, so a long scorecard can run one (target, seed) at a time and be aggregated at the end.
+    Returns ``{"by_target": {name: [reports]}, "paths": {...}}``."""
     from ..eval.scorecard import write_seed_scorecard
 
     seeds = [int(s) for s in seeds]
@@ -329,9 +356,17 @@ def run_scorecard(data: TextClassificationData, targets: Sequence, *, seeds: Seq
     for t in idx:
         for s in seeds:
             sub = os.path.join(out_dir, names[t].replace(os.sep, "_"), f"seed_{s}")
-            log.info("scorecard: target %r, seed %d", names[t], s)
-            rep = run_compare(data, t, seed=s, out_dir=sub, write=per_seed_reports, **compare_kw)
-            rep.pop("results_models", None)
+            key = _run_key(data, t, s, compare_kw)
+            rep = _read_report(os.path.join(sub, "report.json"), key) if reuse else None
+            if rep is not None:
+                log.info("scorecard: target %r, seed %d: reusing %s", names[t], s, sub)
+            else:
+                log.info("scorecard: target %r, seed %d", names[t], s)
+                rep = run_compare(data, t, seed=s, out_dir=sub, write=per_seed_reports, **compare_kw)
+                rep.pop("results_models", None)
+                rep["run_key"] = key
+                if per_seed_reports:
+                    write_json(os.path.join(sub, "report.json"), rep)
             by_target.setdefault(names[t], []).append(rep)
     paths = write_seed_scorecard(out_dir, by_target, method=method, extra=extra, stem=stem)
     return {"by_target": by_target, "paths": paths}
