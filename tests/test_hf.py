@@ -454,6 +454,8 @@ _DDP_WORKER = textwrap.dedent("""
                     "selected": t.selected_tokens.tolist(),
                     "forget_loss": [h["forget_loss"] for h in t.state.log_history if "forget_loss" in h]},
                    os.path.join(out, "result.pt"))
+    dist.barrier()
+    dist.destroy_process_group()  # a gloo group left to the interpreter's exit can abort a rank at teardown
 """)
 
 
