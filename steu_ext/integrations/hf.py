@@ -33,9 +33,14 @@ Design:
   row mask ``steu_forget`` and the teacher logits ``steu_teacher_logits`` (z0 of the frozen original
   model, computed once at construction for every retain document, so no second model is held).
   Examples are not dicts, so the Trainer's unused-column removal passes them through untouched.
-* **Loss.** ``L = forget_loss(z[forget]) + lambda * utility_loss(z[retain], z0)``, the functions of
-  ``methods/steu.py``; both terms are averaged over the logging window and logged as ``forget_loss`` and
-  ``utility_loss`` next to the Trainer's ``loss``.
+* **Loss.** ``L = forget_loss(z[forget]) + lambda * utility_loss(z[retain], z0)
+  [+ mu * representation_loss(h[forget])]``, the functions of ``methods/steu.py``: with the default
+  ``objective="representation"`` the class directions are fitted on the original model at construction
+  (and refitted every ``repr_refit_every`` epochs) exactly as :func:`~steu_ext.methods.steu.unlearn`
+  does; ``objective="paper"`` drops the term. The terms are averaged over the logging window and logged
+  as ``forget_loss``, ``utility_loss`` (and ``repr_loss``) next to the Trainer's ``loss``. (A resume
+  after a refit starts from the directions of the original model: exact resume needs
+  ``repr_refit_every=0``, the default.)
 * **Dropout.** ``compute_loss`` puts the model in eval mode before the forward pass (``training_step``
   has just called ``model.train()``), as ``unlearn`` does: dropout is off, so the frozen layers compute
   exactly what the original model computed, z0 stays a valid target, and training consumes no RNG.
@@ -82,9 +87,25 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..eval.metrics import per_class_f1, unlearning_f1
-from ..methods._model import Encoded, embedding_param_name, find_head, predict_logits, predictions
+from ..methods._model import (
+    Encoded,
+    embedding_param_name,
+    find_head,
+    last_hidden,
+    predict_logits,
+    predictions,
+)
 from ..methods.edit import STEUEdit
-from ..methods.steu import STEUConfig, forget_loss, label_matrix, prepare, steu_param_groups, utility_loss
+from ..methods.steu import (
+    STEUConfig,
+    class_directions,
+    forget_loss,
+    label_matrix,
+    prepare,
+    representation_loss,
+    steu_param_groups,
+    utility_loss,
+)
 from ..optim import RowSparseAdam
 
 log = logging.getLogger("steu_ext")
@@ -345,7 +366,9 @@ class _STEUCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.trainer.train_dataset.set_epoch(int(state.epoch or 0))
+        epoch = int(state.epoch or 0)
+        self.trainer.train_dataset.set_epoch(epoch)
+        self.trainer._refit_directions(epoch)
 
     def on_save(self, args, state, control, **kwargs):
         if not args.should_save:
@@ -520,6 +543,15 @@ class STEUTrainer(Trainer):
             raise ValueError("the DDP ranks disagree on the STEU setup (selected rows or tokenized corpus "
                              "differ): give every process the same corpus, tokenizer and STEUConfig")
 
+    def _refit_directions(self, epoch: int) -> None:
+        """``repr_refit_every``: refit the class directions on the edited model (as :func:`unlearn` does)."""
+        every = self.steu_config.repr_refit_every
+        if self.plan.directions is None or not every or not epoch or epoch % every:
+            return
+        plan, cfg = self.plan, self.steu_config
+        plan.directions = class_directions(self.model, plan.data, plan.forget, plan.retain,
+                                           features=cfg.repr_features, C=cfg.repr_C)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "steu_forget" not in inputs:  # evaluation batches: the model's own loss
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
@@ -527,14 +559,23 @@ class STEUTrainer(Trainer):
         model.eval()  # dropout off (training_step has just called model.train())
         is_forget = inputs["steu_forget"].bool()
         z0 = inputs["steu_teacher_logits"]
-        outputs = model(**{k: v for k, v in inputs.items() if not k.startswith("steu_")})
+        directions = self.plan.directions
+        model_inputs = {k: v for k, v in inputs.items() if not k.startswith("steu_")}
+        if directions is not None:
+            model_inputs["output_hidden_states"] = True
+        outputs = model(**model_inputs)
         z = (outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]).float()
         t, multi = self.plan.target, self.plan.multi_label
         lf = forget_loss(z[is_forget], t, multi)
         lu = utility_loss(z[~is_forget], z0[~is_forget].float(), t, multi)
         loss = lf + self.steu_config.utility_weight * lu
+        lr_ = z.new_zeros(())
+        if directions is not None and bool(is_forget.any()):  # objective="representation" (as in unlearn)
+            lr_ = representation_loss(last_hidden(outputs)[is_forget], inputs["attention_mask"][is_forget],
+                                      directions)
+            loss = loss + self.steu_config.repr_weight * lr_
         if torch.is_grad_enabled():  # training, not a manual evaluation of pair batches
-            terms = torch.stack([lf.detach(), lu.detach()]).float()
+            terms = torch.stack([lf.detach(), lu.detach(), lr_.detach().float()]).float()
             self._steu_sums = terms if self._steu_sums is None else self._steu_sums + terms
             self._steu_count += 1
         return (loss, outputs) if return_outputs else loss
@@ -545,6 +586,8 @@ class STEUTrainer(Trainer):
             if self.args.world_size > 1:
                 sums = self.accelerator.reduce(sums, reduction="mean")
             logs = {**logs, "forget_loss": float(sums[0]), "utility_loss": float(sums[1])}
+            if self.plan.directions is not None:
+                logs["repr_loss"] = float(sums[2])
             self._steu_sums, self._steu_count = None, 0
         super().log(logs, *args, **kwargs)
 
@@ -917,6 +960,15 @@ class HDSTrainer(Trainer):
             logs = {**logs, "forget_loss": f, "keep_loss": k}
             self._hds_sums, self._hds_count = None, 0
         super().log(logs, *args, **kwargs)
+
+    def _refit_directions(self, epoch: int) -> None:
+        """``repr_refit_every``: refit the class directions on the edited model (as :func:`unlearn` does)."""
+        every = self.steu_config.repr_refit_every
+        if self.plan.directions is None or not every or not epoch or epoch % every:
+            return
+        plan, cfg = self.plan, self.steu_config
+        plan.directions = class_directions(self.model, plan.data, plan.forget, plan.retain,
+                                           features=cfg.repr_features, C=cfg.repr_C)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "hds_forget" in inputs:   # e.g. evaluation on training batches: the HDS objective
