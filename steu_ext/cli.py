@@ -255,8 +255,16 @@ def _f1_report(model, enc, target, names, multi):
     from .eval.metrics import per_class_f1, unlearning_f1
     from .methods._model import predict_logits, predictions
 
-    z = predict_logits(model, enc)
-    return unlearning_f1(per_class_f1(enc.labels, predictions(z, multi)), target, names)
+    pred = predictions(predict_logits(model, enc), multi)
+    rep = unlearning_f1(per_class_f1(enc.labels, pred), target, names)
+    # how often the target is true / predicted: the vacuity checks (steu_ext.eval.vacuity) need them
+    rep["target_docs"] = int((enc.labels[:, target] > 0).sum())
+    rep["target_predicted"] = int((pred[:, target] > 0).sum())
+    return rep
+
+
+def _n_carrying(data, target: int) -> int:
+    return sum(target in ys for ys in data.labels)
 
 
 def _precomputed_counts(path: str, tok, names: List[str]):
@@ -292,6 +300,11 @@ def cmd_unlearn(a) -> int:
     target = resolve_target(a.target, names)
     cfg = _config(a)
     cfg.validate(model.get_input_embeddings().weight.shape[0])
+    from .eval.vacuity import format_warnings, refuse_vacuous, vacuity_warnings
+
+    n_forget = _n_carrying(data, target)
+    refuse_vacuous(n_forget, names[target], k=cfg.k, train_head=cfg.train_head,
+                   n_retain_docs=len(data) - n_forget)
     counts = _precomputed_counts(a.counts, tok, names) if a.counts else None
     multi = is_multi_label(model)
     enc_eval = None
@@ -307,12 +320,16 @@ def cmd_unlearn(a) -> int:
         wall = time.perf_counter() - t0
         after = _f1_report(model, enc_eval, target, names, multi) if enc_eval else None
         mod = modified_parameters(model, original)
+        warnings = vacuity_warnings(names[target], evaluated=before is not None, k=cfg.k, n_forget_docs=n_forget,
+                                    before_forget_f1=before["forget_f1"] if before else None,
+                                    before_predicted=before["target_predicted"] if before else None,
+                                    n_eval_target_docs=before["target_docs"] if before else None)
         res.edit.meta["base_model"] = os.path.abspath(a.model) if os.path.exists(a.model) else a.model
         res.edit.save(os.path.join(tmp, "edit.safetensors"))
         if a.save_model:
             _save_model(model, tok, os.path.join(tmp, "model"))
         report = {"method": "steu", "model": a.model, "target": target, "target_name": names[target],
-                  "label_names": names, "data": a.data, "eval_data": a.eval_data, "counts": a.counts, "config": vars(cfg),
+                  "warnings": warnings, "label_names": names, "data": a.data, "eval_data": a.eval_data, "counts": a.counts, "config": vars(cfg),
                   "before": before, "after": after,
                   "params_modified": {"count": mod["modified"], "total": mod["total"], "percent": mod["percent"],
                                       "per_tensor": mod["per_tensor"]},
@@ -325,6 +342,8 @@ def cmd_unlearn(a) -> int:
     if before and after:
         print(f"forget F1 {before['forget_f1']:.4f} -> {after['forget_f1']:.4f}; retain avg F1 "
               f"{before['retain_macro_f1']:.4f} -> {after['retain_macro_f1']:.4f}")
+    if warnings:
+        print(format_warnings(warnings))
     print(f"edit: {os.path.join(a.out, 'edit.safetensors')}, report: {os.path.join(a.out, 'report.json')}")
     return EXIT_OK
 
@@ -339,14 +358,30 @@ def cmd_evaluate(a) -> int:
     _check_same_labels(data, names, "data's")
     data = _remap(data, names)
     target = resolve_target(a.target, names)
-    if a.edit:
-        STEUEdit.load(a.edit).apply(model)
+    from .eval.vacuity import format_warnings, vacuity_warnings
+
+    edit = STEUEdit.load(a.edit) if a.edit else None
     enc = _encode_eval(tok, data, names, a.max_length)
-    rep = _f1_report(model, enc, target, names, is_multi_label(model))
-    rep.update({"model": a.model, "edit": a.edit, "data": a.data, "target_name": names[target]})
+    multi = is_multi_label(model)
+    # with an edit, the base model is scored too: a target it never predicted makes "forget F1 0" vacuous
+    base = _f1_report(model, enc, target, names, multi) if edit is not None else None
+    if edit is not None:
+        edit.apply(model)
+    rep = _f1_report(model, enc, target, names, multi)
+    warnings = vacuity_warnings(names[target], n_eval_target_docs=rep["target_docs"],
+                                before_forget_f1=base["forget_f1"] if base else None,
+                                before_predicted=base["target_predicted"] if base else None)
+    rep.update({"model": a.model, "edit": a.edit, "data": a.data, "target_name": names[target],
+                "warnings": warnings})
+    if base is not None:
+        rep["before_edit"] = {k: base[k] for k in ("forget_f1", "retain_macro_f1", "per_class_f1")}
+        print(f"without the edit:  forget F1 ({names[target]}): {base['forget_f1']:.4f}   retain avg F1: "
+              f"{base['retain_macro_f1']:.4f}")
     print(f"forget F1 ({names[target]}): {rep['forget_f1']:.4f}   retain avg F1: {rep['retain_macro_f1']:.4f}")
     for n, f in rep["per_class_f1"].items():
         print(f"  {n:<32} {f:.4f}")
+    if warnings:
+        print(format_warnings(warnings))
     if a.out:
         from .eval.report import write_json
 

@@ -87,3 +87,127 @@ def test_loader_formats_and_errors(tmp_path):
         load_text_classification(str(tmp_path / "h.csv"))
     with pytest.raises(ValueError, match="folder"):
         load_text_classification(str(tmp_path))
+
+
+# ---- vacuous results (steu_ext.eval.vacuity) -------------------------------------------------------------
+def test_vacuity_warnings_unit():
+    from steu_ext.eval.vacuity import format_warnings, refuse_vacuous, vacuity_warnings
+
+    assert vacuity_warnings("sepsis", before_forget_f1=0.9, k=256, n_forget_docs=500, n_eval_target_docs=80,
+                            before_predicted=70, evaluated=True) == []
+    w = vacuity_warnings("sepsis", before_forget_f1=0.0, before_predicted=0, k=0, n_forget_docs=3,
+                         n_eval_target_docs=4)
+    assert len(w) == 4
+    assert "never predicts 'sepsis'" in w[0] and "k=0" in w[2] and "only 3 training" in w[3]
+    assert "only 4 evaluation" in w[1]
+    assert "already 0" in vacuity_warnings("s", before_forget_f1=0.0)[0]
+    assert "barely learned" in vacuity_warnings("s", before_forget_f1=0.3)[0]
+    assert "F1 is 0 by definition" in vacuity_warnings("s", n_eval_target_docs=0, before_forget_f1=0.0)[0]
+    assert "not measured" in vacuity_warnings("s", evaluated=False)[0]
+    assert format_warnings(w).count("WARNING: ") == 4 and format_warnings([]) == ""
+    with pytest.raises(ValueError, match="forget set is empty"):
+        refuse_vacuous(0, "sepsis")
+    with pytest.raises(ValueError, match="nothing to retain"):
+        refuse_vacuous(5, "sepsis", n_retain_docs=0)
+    with pytest.raises(ValueError, match="no parameter would change"):
+        refuse_vacuous(5, "sepsis", k=0, train_head=False)
+    refuse_vacuous(1, "sepsis", k=0)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """A tiny BERT fine-tuned on synthetic notes (saved), a copy whose head never predicts cardiology, and
+    train/test CSVs, the train one with only 5 cardiology notes."""
+    import torch
+
+    from steu_ext.data.synthetic import generate_notes
+    from steu_ext.methods._model import Encoded
+    from steu_ext.methods.experiment import tiny_bert
+    from steu_ext.methods.finetune import train_classifier
+    from steu_ext.methods.steu import label_matrix
+
+    root = tmp_path_factory.mktemp("usab")
+    g = generate_notes(240, seed=5, max_labels=1)
+    names = g["label_names"]
+    model, tok = tiny_bert(g["text"], len(names), True, vocab_size=600)
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {n: i for i, n in enumerate(names)}
+    torch.manual_seed(0)
+    enc = Encoded(tok, g["text"], label_matrix(g["labels"], len(names)), 32)
+    train_classifier(model, enc, range(160), mode="full", epochs=2)
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    with torch.no_grad():
+        model.classifier.bias[names.index("cardiology")] = -1e4   # never predicted
+    model.save_pretrained(root / "mute")
+    tok.save_pretrained(root / "mute")
+    card = names.index("cardiology")
+    kept, seen = [], 0
+    for i in range(160):
+        if g["labels"][i][0] == card:
+            seen += 1
+            if seen > 5:
+                continue
+        kept.append(i)
+
+    def write(name, idx):
+        with open(root / name, "w") as f:
+            f.write("text,label\n")
+            for i in idx:
+                f.write('"' + g["text"][i].replace('"', "'") + '",' + names[g["labels"][i][0]] + "\n")
+
+    write("train.csv", kept)
+    write("test.csv", range(160, 240))
+    write("no_card.csv", [i for i in range(160) if g["labels"][i][0] != card])
+    return root
+
+
+def test_unlearn_warns_about_vacuous_results(small_model, tmp_path, capsys):
+    import json
+
+    from steu_ext.cli import main
+
+    run = tmp_path / "run"
+    rc = main(["unlearn", "--data", str(small_model / "train.csv"), "--eval-data", str(small_model / "test.csv"),
+               "--model", str(small_model / "mute"), "--target", "cardiology", "--k", "0", "--epochs", "1",
+               "--max-length", "32", "--out", str(run), "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    rep = json.loads((run / "report.json").read_text())
+    w = rep["warnings"]
+    assert any("never predicts 'cardiology'" in x for x in w)
+    assert any(x.startswith("k=0") for x in w)
+    assert any("only 5 training document(s)" in x for x in w)
+    assert all(f"WARNING: {x}" in out for x in w)
+    # evaluate with the edit: the base model is scored too, and the same vacuity is flagged
+    rc = main(["evaluate", "--data", str(small_model / "test.csv"), "--model", str(small_model / "mute"),
+               "--edit", str(run / "edit.safetensors"), "--target", "cardiology", "--max-length", "32",
+               "--out", str(tmp_path / "e.json")])
+    assert rc == 0
+    ev = json.loads((tmp_path / "e.json").read_text())
+    assert any("never predicts" in x for x in ev["warnings"]) and ev["before_edit"]["forget_f1"] == 0.0
+    assert "WARNING: the model never predicts" in capsys.readouterr().out
+
+
+def test_unlearn_without_eval_data_and_with_a_learned_class(small_model, tmp_path, capsys):
+    import json
+
+    from steu_ext.cli import main
+
+    run = tmp_path / "run"
+    rc = main(["unlearn", "--data", str(small_model / "train.csv"), "--model", str(small_model / "model"),
+               "--target", "neurology", "--k", "8", "--epochs", "1", "--max-length", "32", "--out", str(run),
+               "--quiet"])
+    assert rc == 0
+    w = json.loads((run / "report.json").read_text())["warnings"]
+    assert len(w) == 1 and "not measured" in w[0]
+
+
+def test_unlearn_refuses_an_empty_forget_set(small_model, tmp_path, capsys):
+    from steu_ext.cli import EXIT_BAD_INPUT, main
+
+    rc = main(["unlearn", "--data", str(small_model / "no_card.csv"), "--model", str(small_model / "model"),
+               "--target", "cardiology", "--out", str(tmp_path / "run"), "--quiet"])
+    assert rc == EXIT_BAD_INPUT
+    assert "forget set is empty" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
