@@ -211,3 +211,94 @@ def test_unlearn_refuses_an_empty_forget_set(small_model, tmp_path, capsys):
     assert rc == EXIT_BAD_INPUT
     assert "forget set is empty" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# ---- STEUTrainer surprises (steu_ext.integrations.hf) --------------------------------------------------
+@pytest.fixture(scope="module")
+def hf_notes():
+    from steu_ext.data.synthetic import generate_notes
+    from steu_ext.methods.experiment import tiny_bert
+
+    d = generate_notes(n_docs=60, seed=0)
+    model, tok = tiny_bert(d["text"], len(d["label_names"]), True, vocab_size=400)
+    return dict(model=model, tok=tok, texts=d["text"], labels=d["labels"], names=d["label_names"])
+
+
+def _hf_args(out, **kw):
+    from transformers import TrainingArguments
+
+    base = dict(output_dir=str(out), report_to="none", disable_tqdm=True, use_cpu=True, save_strategy="no",
+                num_train_epochs=1, per_device_train_batch_size=4)
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def _hf_trainer(notes, args, **kw):
+    import copy
+
+    from steu_ext.integrations.hf import STEUTrainer
+    from steu_ext.methods.steu import STEUConfig
+
+    kw.setdefault("steu_config", STEUConfig(k=8, max_length=32))
+    kw.setdefault("class_names", notes["names"])
+    return STEUTrainer(copy.deepcopy(notes["model"]), args, processing_class=notes["tok"], texts=notes["texts"],
+                       labels=notes["labels"], target=notes["names"][0], **kw)
+
+
+def test_trainer_honours_training_arguments(hf_notes, tmp_path, caplog):
+    import logging
+
+    from steu_ext.methods.steu import STEUConfig
+
+    t = _hf_trainer(hf_notes, _hf_args(tmp_path, learning_rate=2e-3, weight_decay=0.1, adam_beta2=0.98,
+                                        adam_epsilon=1e-6))
+    assert t.steu_config.lr == 2e-3 and t.steu_config.weight_decay == 0.1
+    opt = t.create_optimizer()
+    g = opt.param_groups[0]
+    assert g["lr"] == 2e-3 and g["weight_decay"] == 0.1 and g["betas"] == (0.9, 0.98) and g["eps"] == 1e-6
+    assert g["decoupled_weight_decay"] is True
+    assert opt.param_groups[1]["lr"] == STEUConfig().head_lr        # the head keeps its own rate
+    # defaults leave STEUConfig alone (the rates of unlearn())
+    t = _hf_trainer(hf_notes, _hf_args(tmp_path), steu_config=STEUConfig(k=8, max_length=32, lr=5e-3))
+    assert t.steu_config.lr == 5e-3 and t.create_optimizer().param_groups[0]["decoupled_weight_decay"] is False
+    with pytest.raises(ValueError, match="disagree"):
+        _hf_trainer(hf_notes, _hf_args(tmp_path, learning_rate=2e-3),
+                    steu_config=STEUConfig(k=8, max_length=32, lr=5e-3))
+    with caplog.at_level(logging.WARNING, logger="steu_ext"):
+        _hf_trainer(hf_notes, _hf_args(tmp_path, optim="sgd"))
+    assert "does not use TrainingArguments.optim='sgd'" in caplog.text
+
+
+def test_trainer_class_names_rename(hf_notes, tmp_path):
+    with pytest.warns(DeprecationWarning, match="class_names"):
+        t = _hf_trainer(hf_notes, _hf_args(tmp_path), class_names=None, label_names=hf_notes["names"])
+    assert t.plan.label_names == hf_notes["names"]
+    with pytest.raises(ValueError, match="class_names only"):
+        _hf_trainer(hf_notes, _hf_args(tmp_path), label_names=hf_notes["names"])
+
+
+def test_trainer_logs_terms_per_epoch_and_eval_loss_is_retain_only(hf_notes, tmp_path):
+    import torch
+
+    from steu_ext.methods._model import predict_logits
+
+    ev_texts, ev_labels = hf_notes["texts"][:24], hf_notes["labels"][:24]
+    # logging_steps far beyond the run: the terms still appear once per epoch
+    t = _hf_trainer(hf_notes, _hf_args(tmp_path, num_train_epochs=2, logging_steps=500),
+                    eval_texts=ev_texts, eval_labels=ev_labels)
+    t.train()
+    logged = [h for h in t.state.log_history if "forget_loss" in h]
+    assert len(logged) == 2 and all("utility_loss" in h for h in logged)
+    m = t.evaluate()
+    assert {"eval_loss", "eval_forget_loss", "eval_forget_f1"} <= m.keys()
+    # eval_loss is the BCE over the documents without the target only; eval_forget_loss over the others
+    z = predict_logits(t.model, t.eval_dataset.data)
+    y = t.eval_dataset.data.labels.float()
+    per_doc = torch.nn.functional.binary_cross_entropy_with_logits(z.float(), y, reduction="none").mean(1)
+    forget = y[:, 0] > 0
+    assert m["eval_loss"] == pytest.approx(float(per_doc[~forget].mean()), rel=1e-5)
+    assert m["eval_forget_loss"] == pytest.approx(float(per_doc[forget].mean()), rel=1e-5)
+    t.eval_loss_on = "all"
+    assert t.evaluate()["eval_loss"] == pytest.approx(float(per_doc.mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="eval_loss_on"):
+        _hf_trainer(hf_notes, _hf_args(tmp_path), eval_loss_on="forget")
