@@ -302,3 +302,54 @@ def test_trainer_logs_terms_per_epoch_and_eval_loss_is_retain_only(hf_notes, tmp
     assert t.evaluate()["eval_loss"] == pytest.approx(float(per_doc.mean()), rel=1e-5)
     with pytest.raises(ValueError, match="eval_loss_on"):
         _hf_trainer(hf_notes, _hf_args(tmp_path), eval_loss_on="forget")
+
+
+# ---- no silent waits ------------------------------------------------------------------------------------
+def test_compile_is_announced_and_timed(tmp_path, monkeypatch, capsys):
+    """A first-use compile prints where it caches and, at the end, how long it took (the compile itself is
+    replaced by a stub here: a real one takes a minute)."""
+    from torch.utils import cpp_extension
+
+    from steu_ext import _build
+
+    calls = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(_build, "_build_dir", lambda key: tmp_path / key)
+    monkeypatch.setattr(_build, "_ensure_compiler", lambda *a: None)
+    monkeypatch.setattr(_build, "_ensure_ninja", lambda *a: None)
+    monkeypatch.setattr(_build, "_ops_registered", lambda *a: bool(calls))
+    monkeypatch.delenv("STEU_EXT_QUIET_BUILD", raising=False)
+    _build._build_and_load(False)
+    err = capsys.readouterr().err.splitlines()
+    assert len(calls) == 1 and calls[0]["build_directory"].startswith(str(tmp_path))
+    assert err[0].startswith("steu_ext: compiling the C++ CPU kernels (first use") and str(tmp_path) in err[0]
+    assert err[1].startswith("steu_ext: compiled the C++ CPU kernels in ") and err[1].endswith(" s")
+    monkeypatch.setenv("STEU_EXT_QUIET_BUILD", "1")
+    calls.clear()
+    _build._build_and_load(False)
+    assert calls and capsys.readouterr().err == ""
+
+
+def test_progress_defaults_to_whether_stderr_is_a_terminal(monkeypatch):
+    import io
+
+    from steu_ext._progress import show_progress
+
+    class TTY(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stderr", TTY())
+    assert show_progress() is True and show_progress(False) is False
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert show_progress() is False and show_progress(True) is True
+
+
+def test_long_runs_default_to_terminal_progress():
+    import inspect
+
+    from steu_ext.data import corpus_pmi
+    from steu_ext.methods import baselines, hds
+
+    for fn in (hds.unlearn, baselines.gradient_ascent, corpus_pmi.count_corpus):
+        assert inspect.signature(fn).parameters["progress"].default is None, fn

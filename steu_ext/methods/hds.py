@@ -93,6 +93,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._progress import show_progress
 from ..data.concepts import PRESERVE, TARGET, ConceptHierarchy
 from ..data.qa import QAItem
 from ..eval.qa import accuracy, continuation_of, encode_qa, prompt_of, token_logprobs
@@ -870,7 +871,7 @@ def make_optimizer(params: List[torch.Tensor], cfg: HDSConfig) -> torch.optim.Op
 
 def unlearn(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Sequence[QAItem], *,
             hierarchy: Optional[ConceptHierarchy] = None, config: Optional[HDSConfig] = None,
-            monitor: Optional[Callable[[nn.Module, int], bool]] = None, progress: bool = False,
+            monitor: Optional[Callable[[nn.Module, int], bool]] = None, progress: Optional[bool] = None,
             merge: bool = True) -> HDSResult:
     """Unlearn the ``forget`` items' knowledge from a causal LM while keeping the ``retain`` items'.
 
@@ -902,7 +903,7 @@ def unlearn(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Seque
     history: List[Dict[str, float]] = []
     steps, epochs = 0, 0
     bar = None
-    if progress:
+    if show_progress(progress):
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.epochs, desc="HDS", unit="epoch")
     for epoch in range(cfg.epochs):
