@@ -179,6 +179,9 @@ def test_unlearn_warns_about_vacuous_results(small_model, tmp_path, capsys):
     assert any(x.startswith("k=0") for x in w)
     assert any("only 5 training document(s)" in x for x in w)
     assert all(f"WARNING: {x}" in out for x in w)
+    # the report names the final edit path (not the temporary build folder); edit and report share permissions
+    assert rep["edit"] == str((run / "edit.safetensors").resolve()) and ".partial-" not in json.dumps(rep)
+    assert (run / "edit.safetensors").stat().st_mode == (run / "report.json").stat().st_mode
     # evaluate with the edit: the base model is scored too, and the same vacuity is flagged
     rc = main(["evaluate", "--data", str(small_model / "test.csv"), "--model", str(small_model / "mute"),
                "--edit", str(run / "edit.safetensors"), "--target", "cardiology", "--max-length", "32",
@@ -353,3 +356,45 @@ def test_long_runs_default_to_terminal_progress():
 
     for fn in (hds.unlearn, baselines.gradient_ascent, corpus_pmi.count_corpus):
         assert inspect.signature(fn).parameters["progress"].default is None, fn
+
+
+# ---- small items -----------------------------------------------------------------------------------------
+def test_cli_help_shows_defaults_and_every_option():
+    import argparse
+
+    from steu_ext.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sp in subs.items():
+        for act in sp._actions:
+            if act.option_strings:
+                assert act.help, f"steu {name} {act.option_strings[0]} has no help line"
+        text = sp.format_help()
+        for act in sp._actions:
+            no_default = act.default is None or act.default is False or act.default == argparse.SUPPRESS
+            if act.option_strings and not no_default and "default" not in act.help:
+                assert f"(default: {act.default})" in " ".join(text.split()), (name, act.option_strings)
+    assert "(default: 256)" in subs["unlearn"].format_help()
+    assert "--quiet               no progress bars\n" in subs["unlearn"].format_help()
+
+
+def test_edit_file_permissions_match_a_normal_file(tmp_path):
+    import torch
+
+    from steu_ext.methods.edit import STEUEdit
+
+    STEUEdit("w", torch.tensor([1]), torch.zeros(1, 2), torch.ones(1, 2), {}, {}, {}).save(tmp_path / "e.st")
+    (tmp_path / "r.json").write_text("{}")
+    assert (tmp_path / "e.st").stat().st_mode == (tmp_path / "r.json").stat().st_mode
+
+
+def test_demo_keeps_an_existing_folder_without_overwrite(tmp_path, capsys):
+    from steu_ext.cli import EXIT_BAD_INPUT, main
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("not the tool's")
+    rc = main(["demo", "--n-docs", "60", "--out", str(out), "--quiet"])
+    assert rc == EXIT_BAD_INPUT and "--overwrite" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "not the tool's"

@@ -694,6 +694,9 @@ def save_adapter(folder: Union[str, os.PathLike], state: Dict[str, torch.Tensor]
         with open(os.path.join(tmp, ADAPTER_META), "w") as f:
             json.dump({"format": ADAPTER_FORMAT, "base_fingerprint": fingerprint, **(info or {})}, f, indent=1,
                       default=_json_default)
+        from .._fsutil import chmod_tree_like_new
+
+        chmod_tree_like_new(tmp)  # safetensors writes 0600: the adapter gets the permissions of its JSON files
         if os.path.exists(folder):
             shutil.rmtree(folder)
         os.replace(tmp, folder)
