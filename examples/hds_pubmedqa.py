@@ -32,7 +32,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="example_hds", help="folder for the adapter")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
-    n_forget, n_never, n_retain, teach_epochs, epochs, hidden = ((12, 6, 24, 40, 3, 32) if a.ci else
+    n_forget, n_never, n_retain, teach_epochs, epochs, hidden = ((12, 6, 24, 200, 10, 32) if a.ci else
                                                                  (60, 20, 120, 200, 10, 64))
     max_length = 48 if a.ci else 64
 
