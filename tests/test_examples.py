@@ -46,6 +46,7 @@ def test_hf_trainer(tmp_path, capsys):
 def test_hds_pubmedqa(tmp_path, capsys):
     r = _main("hds_pubmedqa")(["--ci", "--out", str(tmp_path)])
     assert {"forget_acc", "retain_acc", "mia_auc", "forgetting_rate"} <= r["after"].keys()
+    assert r["after"]["forget_acc"] < r["before"]["forget_acc"] and r["after"]["preservation"] > 0.8
     assert (Path(r["adapter"]) / "adapter_model.safetensors").is_file()
     assert "MIA AUC" in capsys.readouterr().out
 
