@@ -38,15 +38,16 @@ Design:
   Examples are not dicts, so the Trainer's unused-column removal passes them through untouched.
 * **Loss.** ``L = forget_loss(z[forget]) + lambda * utility_loss(z[retain], z0)``, the functions of
   ``methods/steu.py``; both terms are averaged over the logging window and logged as ``forget_loss`` and
-  ``utility_loss`` next to the Trainer's ``loss``, every ``logging_steps`` and at the end of every epoch.
-* **Evaluation.** ``compute_metrics`` reports forget F1, per-class retain F1 and their macro average;
-  ``eval_loss`` is the model's loss on the evaluation documents *without* the target (usable as
-  ``metric_for_best_model``), ``eval_forget_loss`` the loss on those with it (``eval_loss_on="all"``:
-  the Trainer's plain loss over every document).
+  ``utility_loss`` next to the Trainer's ``loss``.
 * **Dropout.** ``compute_loss`` puts the model in eval mode before the forward pass (``training_step``
   has just called ``model.train()``), as ``unlearn`` does: dropout is off, so the frozen layers compute
   exactly what the original model computed, z0 stays a valid target, and training consumes no RNG.
   (Activation checkpointing in HF models is tied to ``model.training`` and is therefore inactive.)
+* **Logging and evaluation.** The loss terms are logged every ``logging_steps`` and at the end of every
+  epoch. ``compute_metrics`` reports forget F1, per-class retain F1 and their macro average; ``eval_loss``
+  is the model's loss on the evaluation documents *without* the target (usable as
+  ``metric_for_best_model``), ``eval_forget_loss`` the loss on those with it (``eval_loss_on="all"``: the
+  Trainer's plain loss over every document).
 * **Optimizer.** :func:`create_steu_optimizer` freezes every parameter except the embedding table and the
   head, and returns a :class:`~steu_ext.optim.RowSparseAdam` whose embedding group updates only the
   selected rows (fp32 ``[k, D]`` moments); the trainer builds it in ``create_optimizer``. While
