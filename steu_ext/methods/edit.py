@@ -100,6 +100,9 @@ class STEUEdit:
         save_file(tensors, tmp, metadata={"format": FORMAT, "embedding": self.embedding,
                                           "head": json.dumps(list(self.new_head)),
                                           "meta": json.dumps(self.meta)})
+        from .._fsutil import chmod_like_new
+
+        chmod_like_new(tmp)  # safetensors writes 0600; give the edit the permissions of the report beside it
         os.replace(tmp, path)
 
     @classmethod
