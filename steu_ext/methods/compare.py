@@ -207,6 +207,12 @@ def run_compare(data: TextClassificationData, target, *, methods: Sequence[str] 
                         f"(< {MIN_LEARNED_F1}): it has barely learned the class, so there is little to forget; "
                         "fine-tune longer (finetune_epochs) before reading the scorecard")
         log.warning(warnings[-1])
+    from ..eval.vacuity import vacuity_warnings
+
+    for w in vacuity_warnings(names[target_idx], k=cfg.k, n_forget_docs=len(members),
+                              n_eval_target_docs=len(nonmembers)):
+        warnings.append(w)
+        log.warning(w)
     _adversary(net, results["original"], [], None)
     ref_f1 = results["original"]["relearn"]["f1_start"] if rcfg is not None else None
     total_params = sum(p.numel() for p in net.parameters())

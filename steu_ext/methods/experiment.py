@@ -111,6 +111,7 @@ def run_experiment(data: TextClassificationData, target, *, model: str = DEFAULT
     (``finetune_mode="full"``, the default; ``"head"`` trains the output layer only), unlearn ``target``
     with STEU, evaluate forget/retain F1 and (``probe_fraction > 0``) probe recovery before and after, and
     write ``report.json``, ``f1_before_after.png`` and ``edit.safetensors`` to ``out_dir``."""
+    from ..eval.vacuity import refuse_vacuous, vacuity_warnings
     from .compare import FINETUNE_DEFAULTS, MIN_LEARNED_F1
 
     cfg = config or STEUConfig(seed=seed)
@@ -140,6 +141,8 @@ def run_experiment(data: TextClassificationData, target, *, model: str = DEFAULT
     cfg.validate(net.get_input_embeddings().weight.shape[0])  # fail before any training
     train_idx, probe_idx, test_idx = split_protocol(data.labels, test_fraction, probe_fraction, seed)
     Y = label_matrix(data.labels, len(names))
+    refuse_vacuous(int((Y[train_idx][:, target_idx] > 0).sum()), names[target_idx], k=cfg.k,
+                   train_head=cfg.train_head)
     enc = Encoded(tok, data.text, Y, cfg.max_length)
     t_ft = time.perf_counter()
     if finetune_epochs > 0:
@@ -161,11 +164,10 @@ def run_experiment(data: TextClassificationData, target, *, model: str = DEFAULT
         res.edit.save(edit_path)
     before, after = unlearning_f1(f1_before, target_idx, names), unlearning_f1(f1_after, target_idx, names)
     before["probe"], after["probe"] = probe_before, probe_after
-    warnings = []
-    if before["forget_f1"] < MIN_LEARNED_F1:
-        warnings.append(f"the fine-tuned model reaches only F1 {before['forget_f1']:.3f} on {names[target_idx]!r} "
-                        f"before unlearning (< {MIN_LEARNED_F1}): it has barely learned the class, so forget F1 "
-                        "0 afterwards says little; fine-tune longer")
+    warnings = vacuity_warnings(names[target_idx], before_forget_f1=before["forget_f1"], k=cfg.k,
+                                n_forget_docs=int((Y[train_idx][:, target_idx] > 0).sum()),
+                                n_eval_target_docs=int((Y[test_idx][:, target_idx] > 0).sum()),
+                                min_learned_f1=MIN_LEARNED_F1)
     top = [{"id": int(i), "token": tok.convert_ids_to_tokens(int(i)), "score": float(s)}
            for i, s in zip(res.selected_tokens[:20], res.token_scores[:20])]
     report = {

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._progress import show_progress
 from ._model import Encoded, find_head, is_multi_label
 
 log = logging.getLogger("steu_ext")
@@ -48,7 +49,7 @@ def _output_layer(model: nn.Module, head_modules: Optional[List[str]]) -> nn.Lin
 def train_classifier(model: nn.Module, data: Encoded, idx: Sequence[int], *, mode: str = "head",
                      epochs: int = 20, lr: Optional[float] = None, batch_size: int = 32, seed: int = 0,
                      multi_label: Optional[bool] = None, head_modules: Optional[List[str]] = None,
-                     progress: bool = False, warmup: float = 0.1, weight_decay: float = 0.01,
+                     progress: Optional[bool] = None, warmup: float = 0.1, weight_decay: float = 0.01,
                      prior_bias: bool = False) -> List[float]:
     """Fine-tune ``model`` in place on documents ``idx`` of ``data``; returns the per-epoch mean loss.
 
@@ -116,7 +117,7 @@ def train_classifier(model: nn.Module, data: Encoded, idx: Sequence[int], *, mod
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     bar = None
-    if progress:
+    if show_progress(progress):
         from tqdm.auto import tqdm
         bar = tqdm(total=total, desc="fine-tune", unit="step")
     model.train()

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._progress import show_progress
 from ..eval.metrics import snapshot
 from ..ops.doc_counts import PMICounter
 from ..ops.pmi import MEASURES, select_top_k
@@ -377,7 +378,7 @@ def steu_param_groups(model: nn.Module, embedding: str, rows: Optional[torch.Ten
 
 def unlearn(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
             config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
-            encoded: Optional[Encoded] = None, progress: bool = False,
+            encoded: Optional[Encoded] = None, progress: Optional[bool] = None,
             counts: Optional[PMICounter] = None) -> STEUResult:
     """Unlearn class ``target`` (index or name) from ``model`` in place with STEU.
 
@@ -415,7 +416,7 @@ def unlearn(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *
     retain_order: List[int] = []
     steps_per_epoch = (len(forget) + cfg.batch_size - 1) // cfg.batch_size
     bar = None
-    if progress:
+    if show_progress(progress):
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="STEU", unit="step")
     try:
