@@ -5,6 +5,9 @@ device-to-device copy measured in the same run.
 
     python -m pytest benchmarks -q                       # CPU, CI-sized
     STEU_BENCH_DEVICE=cuda STEU_BENCH_SIZES=full python -m pytest benchmarks -q   # the GPU targets
+
+``STEU_BENCH_SIZES=tiny`` (seconds: a rehearsal of the harness, not a measurement), ``STEU_BENCH_ROUNDS=N``
+caps every benchmark's rounds, ``STEU_BENCH_RESULTS=DIR`` writes the JSONL there instead (run_gpu.sh).
 """
 from __future__ import annotations
 
@@ -20,15 +23,33 @@ from typing import Callable, Dict, List, Optional
 import pytest
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("STEU_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def bench_device() -> str:
     return os.environ.get("STEU_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def sizes_mode() -> str:
+    """``ci`` (default), ``full`` (the performance.md sizes) or ``tiny`` (dry runs)."""
+    mode = os.environ.get("STEU_BENCH_SIZES", "ci")
+    if mode not in ("ci", "full", "tiny"):
+        raise ValueError(f"STEU_BENCH_SIZES must be ci, full or tiny, got {mode!r}")
+    return mode
+
+
 def full_sizes() -> bool:
-    return os.environ.get("STEU_BENCH_SIZES", "ci") == "full"
+    return sizes_mode() == "full"
+
+
+def tiny_sizes() -> bool:
+    return sizes_mode() == "tiny"
+
+
+def max_rounds(rounds: int) -> int:
+    """``rounds``, capped by ``STEU_BENCH_ROUNDS`` when set."""
+    cap = os.environ.get("STEU_BENCH_ROUNDS")
+    return max(1, min(rounds, int(cap))) if cap else rounds
 
 
 def sync(device: str) -> None:
@@ -76,14 +97,14 @@ class Recorder:
             f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
             "torch": torch.__version__, "cuda": torch.version.cuda, "triton": _triton_version(),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "sizes": "full" if full_sizes() else "ci",
+            "sizes": sizes_mode(),
         }
 
     @property
     def copy_bandwidth(self) -> float:
         """Bytes/s (read + write) of a device-to-device copy of 256 MiB (GPU) / 64 MiB (CPU)."""
         if self._copy_bw is None:
-            n = (256 if self.device.startswith("cuda") else 64) * 2**20 // 4
+            n = (256 if self.device.startswith("cuda") else 1 if tiny_sizes() else 64) * 2**20 // 4
             src = torch.randn(n, device=self.device)
             dst = torch.empty_like(src)
             t = statistics.median(time_per_call(lambda: dst.copy_(src), self.device, inner=10, rounds=10))
@@ -118,7 +139,7 @@ class Recorder:
                 if best is not None:
                     r["best_stock"] = best["provider"]
                     r["speedup_vs_best_stock"] = best["p50"] / r["p50"]
-        RESULTS.mkdir(exist_ok=True)
+        RESULTS.mkdir(parents=True, exist_ok=True)
         dev = "cuda" if self.device.startswith("cuda") else "cpu"
         for op in sorted({r["kernel"] for r in self.records}):
             with open(RESULTS / f"{op}-{dev}.jsonl", "a") as f:
@@ -161,6 +182,7 @@ def run(benchmark, recorder: Recorder, fn: Callable[[], object], *, op: str, pro
     """Time ``fn`` with pytest-benchmark (its statistics in the pytest-benchmark report) and record it."""
     dev = recorder.device
     times: List[float] = []
+    rounds = max_rounds(rounds)
 
     def sample():
         times.extend(time_per_call(fn, dev, inner=inner, rounds=1, warmup=0))
