@@ -139,6 +139,13 @@ class Recorder:
                 if best is not None:
                     r["best_stock"] = best["provider"]
                     r["speedup_vs_best_stock"] = best["p50"] / r["p50"]
+            # the same by CPU seconds (on a loaded machine the wall-time ratio mixes in the load)
+            stock_cpu = [r for r in stock if r.get("cpu_s_p50")]
+            best_cpu = min(stock_cpu, key=lambda r: r["cpu_s_p50"]) if stock_cpu else None
+            for r in recs:
+                if best_cpu is not None and r.get("cpu_s_p50"):
+                    r["best_stock_cpu"] = best_cpu["provider"]
+                    r["speedup_vs_best_stock_cpu"] = best_cpu["cpu_s_p50"] / r["cpu_s_p50"]
         RESULTS.mkdir(parents=True, exist_ok=True)
         dev = "cuda" if self.device.startswith("cuda") else "cpu"
         for op in sorted({r["kernel"] for r in self.records}):
@@ -160,6 +167,10 @@ def _triton_version() -> Optional[str]:
 _RECORDER: Optional[Recorder] = None
 
 
+def recorder_is_cuda(rec: Optional[Recorder]) -> bool:
+    return rec is not None and rec.device.startswith("cuda")
+
+
 @pytest.fixture(scope="session")
 def recorder():
     global _RECORDER
@@ -169,6 +180,8 @@ def recorder():
     for r in _RECORDER.records:
         extra = f"  {r['pct_of_copy_bw']:.0f}% copy BW" if "pct_of_copy_bw" in r else ""
         sp = f"  x{r['speedup_vs_best_stock']:.2f} vs {r['best_stock']}" if "speedup_vs_best_stock" in r else ""
+        if "speedup_vs_best_stock_cpu" in r and not recorder_is_cuda(_RECORDER):
+            sp += f" (cpu-s x{r['speedup_vs_best_stock_cpu']:.2f} vs {r['best_stock_cpu']})"
         print(f"{r['kernel']:>12} {r['size']:<28} {r['provider']:<26} {r['p50'] * 1e6:>12.1f} us{extra}{sp}")
 
 
@@ -182,16 +195,28 @@ def run(benchmark, recorder: Recorder, fn: Callable[[], object], *, op: str, pro
     """Time ``fn`` with pytest-benchmark (its statistics in the pytest-benchmark report) and record it."""
     dev = recorder.device
     times: List[float] = []
-    rounds = max_rounds(rounds)
+    cpu: List[float] = []
+    capped = max_rounds(rounds)
 
     def sample():
+        c = _cpu_seconds()
         times.extend(time_per_call(fn, dev, inner=inner, rounds=1, warmup=0))
+        cpu.append((_cpu_seconds() - c) / inner)
 
-    for _ in range(2):
+    for _ in range(2 if capped == rounds else 1):
         fn()
     sync(dev)
-    benchmark.pedantic(sample, rounds=rounds, iterations=1)
-    return recorder.add(op, provider, size, times, **kw)
+    benchmark.pedantic(sample, rounds=capped, iterations=1)
+    extra = dict(kw.pop("extra", None) or {})
+    # CPU seconds of this process per call (every thread): the work done, whatever else the machine runs;
+    # with the 1-minute load average, the context a wall time on a shared machine needs.
+    extra.update(cpu_s_p50=statistics.median(cpu), load_avg_1min=os.getloadavg()[0])
+    return recorder.add(op, provider, size, times, extra=extra, **kw)
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def backends(op: str, device: Optional[str] = None) -> List[str]:
