@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -97,7 +98,7 @@ class Recorder:
             f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
             "torch": torch.__version__, "cuda": torch.version.cuda, "triton": _triton_version(),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "sizes": sizes_mode(),
+            "sizes": sizes_mode(), "commit": _git_commit(),
         }
 
     @property
@@ -153,6 +154,21 @@ class Recorder:
                 for r in self.records:
                     if r["kernel"] == op:
                         f.write(json.dumps(r) + "\n")
+
+
+def _git_commit() -> Optional[str]:
+    """The checkout's commit (``+dirty`` with uncommitted changes), so a record names the code it timed."""
+    import subprocess
+
+    try:
+        root = Path(__file__).resolve().parents[1]
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except Exception:  # noqa: BLE001 - no git, not a checkout (the device machine's copy has no .git)
+        return None
 
 
 def _triton_version() -> Optional[str]:
@@ -215,8 +231,8 @@ def run(benchmark, recorder: Recorder, fn: Callable[[], object], *, op: str, pro
 
 
 def _cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
+    r = resource.getrusage(resource.RUSAGE_SELF)  # microseconds (os.times() has clock ticks: 10 ms)
+    return r.ru_utime + r.ru_stime
 
 
 def backends(op: str, device: Optional[str] = None) -> List[str]:
