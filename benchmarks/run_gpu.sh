@@ -33,6 +33,7 @@ ROOT=$PWD
 
 if [ "${1:-}" = "--unpack" ]; then
   tgz=${2:?usage: run_gpu.sh --unpack results-cuda.tgz}
+  case $tgz in /*) ;; *) tgz=$OLDPWD/$tgz ;; esac   # relative to where it was called from
   tar xzf "$tgz" -C "$ROOT" gpu_run || exit 1
   mkdir -p benchmarks/results
   for f in gpu_run/results/*.jsonl; do
