@@ -36,7 +36,7 @@ if [ "${1:-}" = "--unpack" ]; then
   case $tgz in /*) ;; *) tgz=$OLDPWD/$tgz ;; esac   # relative to where it was called from
   tar xzf "$tgz" -C "$ROOT" gpu_run || exit 1
   mkdir -p benchmarks/results
-  for f in gpu_run/results/*.jsonl; do
+  for f in gpu_run/results/*-cuda.jsonl; do   # a --dry-run's tiny CPU records stay in gpu_run/ only
     [ -e "$f" ] || continue
     cat "$f" >> "benchmarks/results/$(basename "$f")"
     echo "appended $(wc -l < "$f") records to benchmarks/results/$(basename "$f")"
