@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import backends, cached, run
+from conftest import backends, cached, run, tiny_sizes
 
 from steu_ext import grad_project_, use_backend
 from steu_ext.reference import stock
@@ -17,7 +17,9 @@ def make_lists(device):
     from transformers import BertConfig, BertForSequenceClassification
 
     with torch.device("meta"):
-        model = BertForSequenceClassification(BertConfig(num_labels=6))
+        cfg = (BertConfig(num_labels=6, vocab_size=1000, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=128) if tiny_sizes() else BertConfig(num_labels=6))
+        model = BertForSequenceClassification(cfg)
     shapes = [tuple(p.shape) for p in model.parameters()]
     g = torch.Generator().manual_seed(0)
     ref = [torch.randn(s, generator=g).to(device) for s in shapes]

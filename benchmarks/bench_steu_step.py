@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cached, full_sizes, run
+from conftest import cached, full_sizes, run, tiny_sizes
 
 from steu_ext import RowSparseAdamW
 from steu_ext.methods.steu import steu_param_groups
 
 # (layers, hidden, heads, vocab, batch, length, K, labels)
 SIZES = ([(12, 768, 12, 30522, 32, 512, 256, 6)] if full_sizes()
-         else [(4, 256, 4, 30522, 8, 128, 256, 6)])
+         else [(1, 64, 2, 2000, 2, 16, 16, 6)] if tiny_sizes() else [(4, 256, 4, 30522, 8, 128, 256, 6)])
 PROVIDERS = ["stock:full_finetune_adamw", "ours:steu_step"]
 
 

@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${STEU_DATA_ROOT:-../shared/data}
 KIT=.gpu_kit
-grep -qx "/$KIT/" .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo "/$KIT/" >> .git/info/exclude; }
+EXCLUDE=$(git rev-parse --git-path info/exclude)  # .git is a file in a worktree
+grep -qx "/$KIT/" "$EXCLUDE" 2>/dev/null || { mkdir -p "$(dirname "$EXCLUDE")"; echo "/$KIT/" >> "$EXCLUDE"; }
 rm -rf "$KIT"
 mkdir -p "$KIT/data" "$KIT/minilm_tokenizer"
 cp -r "$DATA/medical_abstracts" "$DATA/pubmedqa" "$KIT/data/"

@@ -430,3 +430,34 @@ def test_cpu_kernel_many_workers_equals_reference(device, backend, force_backend
         torch.set_num_threads(threads)
     assert torch.equal(got.counts, ref.counts) and torch.equal(got.doc_freq, ref.doc_freq)
     assert int(got.doc_freq.sum()) > 0
+
+
+@pytest.mark.parametrize("device,backend", [p for p in BACKENDS if p.values[1] == "cpu"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_kernel_counter_carries(device, backend, force_backend, threads):
+    """The C++ kernel keeps one-byte counters per worker and carries into a wider array when one wraps,
+    and folds doc_freq out of the class rows (a row adding labels - 1 per multi-label document, a row for
+    documents without labels): counts far past 255 in one worker, documents with 0, 1, 2 and > 256 labels,
+    and both one and several workers, all equal the reference exactly."""
+    g = torch.Generator().manual_seed(3)
+    B, L, V, C = 1800, 300, 700, 300
+    ids = torch.randint(0, V, (B, L), generator=g)
+    ids[:, :3] = torch.tensor([0, 1, V - 1])          # in every document: counts of 1800 (7 wraps of a byte)
+    labels = torch.zeros(B, C, dtype=torch.uint8)
+    labels[:, 0] = 1                                   # mostly single-label, class 0
+    labels[::7] = 0                                    # documents with no label
+    labels[1::11, 5] = 1                               # two labels
+    labels[2::13] = 1                                  # all 300 labels: X adds 299 = 255 + 44
+    lengths = torch.randint(3, L + 1, (B,), generator=g)
+    ids, labels, lengths = ids.to(device), labels.to(device), lengths.to(device)
+    force_backend("doc_counts", "reference")
+    ref = doc_counts(ids, labels, num_tokens=V, lengths=lengths)
+    _use(force_backend, device, backend)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = doc_counts(ids, labels, num_tokens=V, lengths=lengths)
+    finally:
+        torch.set_num_threads(saved)
+    assert int(ref.counts[0, 0]) > 1000 and int(ref.doc_freq[0]) == B
+    assert torch.equal(got.counts, ref.counts) and torch.equal(got.doc_freq, ref.doc_freq)

@@ -395,6 +395,8 @@ def test_kernels_compile_for_hopper():
     the vector loads, 64-bit atomics and IEEE fp32 division/sqrt the design relies on."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     here = Path(__file__).resolve().parent
+    # the child runs from tests/: it finds this checkout's steu_ext without an install (the device machine)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(here.parent), os.environ.get("PYTHONPATH", "")) if p)
     code = f"import json, {Path(__file__).stem} as t; print(json.dumps(t._hopper_report()))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=here,
                           timeout=600, check=False)

@@ -66,7 +66,7 @@ def _prepare(input_ids, labels, num_tokens, num_classes, attention_mask, lengths
         m = check_tensor(attention_mask, "attention_mask", ndim=2, device=device)
         if m.shape != ids.shape:
             raise ValueError(f"attention_mask has shape {tuple(m.shape)} but input_ids has {tuple(ids.shape)}")
-        mask = m != 0
+        mask = m if m.dtype == torch.bool else m != 0  # read-only below: no copy needed
     elif lengths is not None:
         ln = check_int_tensor(lengths, "lengths", ndim=1, device=device)
         if ln.shape[0] != B:
