@@ -5,7 +5,7 @@ exact, int64.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -13,7 +13,7 @@ from .. import _backend
 from ..reference import sparse_doc_counts as _ref
 from .doc_counts import _prepare
 
-__all__ = ["SparseDocCounts", "sparse_doc_counts"]
+__all__ = ["SparseDocCounts", "sparse_doc_counts", "SparsePMICounter"]
 
 
 class SparseDocCounts(NamedTuple):
@@ -57,3 +57,272 @@ _backend.register_kernel("sparse_doc_counts", "cuda", _cpp_sparse_doc_counts, _b
 _backend.register_kernel("sparse_doc_counts", "triton",
                          _backend.lazy(".triton.sparse_doc_counts", "sparse_doc_counts"),
                          _backend.triton_unavailable)
+
+
+# ---- streaming accumulator ---------------------------------------------------------------------------
+class _Bucket:
+    """The counts of ``width`` consecutive (internal) classes as CSR: ``ptr`` [width + 1] row pointers,
+    ``tok`` int32 token ids (sorted within a row), ``val`` int64 counts."""
+
+    __slots__ = ("ptr", "tok", "val")
+
+    def __init__(self, width: int):
+        self.ptr = torch.zeros(width + 1, dtype=torch.int64)
+        self.tok = torch.zeros(0, dtype=torch.int32)
+        self.val = torch.zeros(0, dtype=torch.int64)
+
+
+class _Rows:
+    """``counts[c]`` of a :class:`SparsePMICounter` as a dense ``[V]`` row (what :func:`pmi_scores` reads),
+    without forming ``[C, V]``."""
+
+    def __init__(self, counter: "SparsePMICounter"):
+        self._c = counter
+        self.shape = (counter.num_classes, counter.num_tokens)
+
+    def __getitem__(self, c):
+        if isinstance(c, tuple):  # counts[c, t]
+            return self._c.row(int(c[0]))[c[1]]
+        return self._c.row(int(c))
+
+
+class _SparseResult(NamedTuple):
+    counts: _Rows
+    doc_freq: torch.Tensor
+    n_docs: int
+    class_docs: torch.Tensor
+
+
+class SparsePMICounter:
+    """Streaming accumulator of document-level counts whose memory grows with the nonzero (class, token)
+    pairs, not with ``C x V``: the counts for ICD-sized label sets and LLM vocabularies.
+
+    Same interface and numbers as :class:`~steu_ext.ops.doc_counts.PMICounter` (``update``, ``merge``,
+    ``scores``, ``top_tokens``, ``class_docs``, ``doc_freq``, ``n_docs``); ``counts[c]`` is a dense row,
+    ``row_sparse(c)`` the row's nonzeros. Each batch's pairs (sorted keys ``c * V + t`` from
+    :func:`sparse_doc_counts`) wait in a pending list, merged into per-class-range CSR buckets once they
+    reach a quarter of the stored nonzeros (or ``merge_min`` pairs): the temporary memory of a merge is one
+    bucket's, and every batch costs amortised O(its pairs) sorting work. Counts live on the CPU (the kernel
+    runs on ``device``).
+    """
+
+    #: classes per bucket (the unit of merging)
+    BUCKET = 128
+
+    def __init__(self, num_tokens: int, num_classes: int, device: Union[str, torch.device] = "cpu",
+                 merge_min: int = 1 << 20):
+        if not isinstance(num_tokens, int) or isinstance(num_tokens, bool) or num_tokens < 1:
+            raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if num_classes * num_tokens >= 2**63:
+            raise ValueError(f"{num_classes} classes x {num_tokens} tokens do not fit int64 keys")
+        self.num_tokens, self.num_classes = num_tokens, num_classes
+        self.device = torch.device(device)
+        self.merge_min = int(merge_min)
+        self.doc_freq = torch.zeros(num_tokens, dtype=torch.int64)
+        self._class_docs = torch.zeros(num_classes, dtype=torch.int64)
+        self.n_docs = 0
+        self._buckets: List[Optional[_Bucket]] = []
+        self._pending: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending_nnz = 0
+        self._nnz = 0
+        self._order: Optional[torch.Tensor] = None  # class i is internal row _order[i]; None = identity
+
+    # -- adding
+    def update(self, input_ids: torch.Tensor, labels: torch.Tensor, *,
+               attention_mask: Optional[torch.Tensor] = None, lengths: Optional[torch.Tensor] = None,
+               validate: Optional[bool] = None) -> "SparsePMICounter":
+        r = sparse_doc_counts(input_ids, labels, num_tokens=self.num_tokens, num_classes=self.num_classes,
+                              attention_mask=attention_mask, lengths=lengths, validate=validate)
+        return self.add_pairs(r.keys, r.values, r.doc_freq, r.class_docs, r.n_docs)
+
+    def add_pairs(self, keys: torch.Tensor, values: torch.Tensor, doc_freq: torch.Tensor,
+                  class_docs: torch.Tensor, n_docs: int) -> "SparsePMICounter":
+        """Add one batch's sparse counts (keys sorted, in this counter's internal class numbering)."""
+        if self._order is not None:
+            raise RuntimeError("cannot add to a counter whose classes were reordered")
+        keys, values = keys.cpu(), values.cpu()
+        if keys.numel():
+            if int(keys[-1]) >= self.num_classes * self.num_tokens or int(keys[0]) < 0:
+                raise ValueError("pair keys out of range for this counter")
+            self._pending.append((keys, values))
+            self._pending_nnz += keys.numel()
+        self.doc_freq += doc_freq.cpu()
+        cd = class_docs.cpu()
+        self._class_docs[: cd.shape[0]] += cd
+        self.n_docs += int(n_docs)
+        if self._pending_nnz >= max(self.merge_min, self._nnz // 4):
+            self.flush()
+        return self
+
+    def add_classes(self, num_classes: int) -> "SparsePMICounter":
+        """Grow to ``num_classes`` (new classes get empty rows; existing keys stay valid)."""
+        if num_classes > self.num_classes:
+            if self._order is not None:
+                raise RuntimeError("cannot add classes to a counter whose classes were reordered")
+            self._class_docs = torch.cat([self._class_docs,
+                                          torch.zeros(num_classes - self.num_classes, dtype=torch.int64)])
+            self.num_classes = num_classes
+        return self
+
+    def flush(self) -> "SparsePMICounter":
+        """Merge the pending pairs into the buckets."""
+        if not self._pending:
+            return self
+        keys = torch.cat([k for k, _ in self._pending])
+        vals = torch.cat([v for _, v in self._pending])
+        self._pending, self._pending_nnz = [], 0
+        keys, perm = torch.sort(keys)
+        vals = vals[perm]
+        del perm
+        span = self.BUCKET * self.num_tokens
+        first, last = int(keys[0]) // span, int(keys[-1]) // span
+        bounds = torch.searchsorted(keys, torch.arange(first, last + 2, dtype=torch.int64) * span).tolist()
+        for i, k in enumerate(range(first, last + 1)):
+            if bounds[i] < bounds[i + 1]:
+                self._merge_bucket(k, keys[bounds[i]: bounds[i + 1]], vals[bounds[i]: bounds[i + 1]])
+        return self
+
+    def _merge_bucket(self, k: int, keys: torch.Tensor, vals: torch.Tensor) -> None:
+        while len(self._buckets) <= k:
+            self._buckets.append(None)
+        V, w = self.num_tokens, self.BUCKET
+        b = self._buckets[k]
+        if b is not None and b.tok.numel():
+            old = torch.repeat_interleave(torch.arange(k * w, k * w + w, dtype=torch.int64), b.ptr.diff()) * V
+            old += b.tok
+            keys, inv = torch.unique(torch.cat([old, keys]), sorted=True, return_inverse=True)
+            del old
+            vals = torch.zeros(keys.numel(), dtype=torch.int64).index_add_(0, inv, torch.cat([b.val, vals]))
+            del inv
+            self._nnz -= b.tok.numel()
+        else:  # keys of one batch are unique already; several batches may repeat a key
+            keys, inv = torch.unique_consecutive(keys, return_inverse=True)
+            vals = torch.zeros(keys.numel(), dtype=torch.int64).index_add_(0, inv, vals)
+        nb = _Bucket(w)
+        rows = keys // V - k * w
+        nb.ptr[1:] = torch.bincount(rows, minlength=w).cumsum(0)
+        nb.tok = (keys - (rows + k * w) * V).to(torch.int32)
+        nb.val = vals
+        self._buckets[k] = nb
+        self._nnz += keys.numel()
+
+    def merge(self, other: "SparsePMICounter") -> "SparsePMICounter":
+        """Add another counter's counts (same vocabulary; classes by position)."""
+        if not isinstance(other, SparsePMICounter):
+            raise TypeError(f"can only merge another SparsePMICounter, got {type(other).__name__}")
+        if other.num_tokens != self.num_tokens or other.num_classes != self.num_classes:
+            raise ValueError(f"cannot merge counters of shape (V={other.num_tokens}, C={other.num_classes}) "
+                             f"into (V={self.num_tokens}, C={self.num_classes})")
+        for c in range(other.num_classes):
+            tok, val = other.row_sparse(c)
+            if tok.numel():
+                self._pending.append((tok.to(torch.int64) + c * self.num_tokens, val))
+                self._pending_nnz += tok.numel()
+        self.doc_freq += other.doc_freq
+        self._class_docs += other.class_docs
+        self.n_docs += other.n_docs
+        return self.flush()
+
+    # -- reading
+    @property
+    def nnz(self) -> int:
+        self.flush()
+        return self._nnz
+
+    @property
+    def class_docs(self) -> torch.Tensor:
+        return self._class_docs if self._order is None else self._class_docs[self._order]
+
+    def _internal(self, c: int) -> int:
+        if not 0 <= c < self.num_classes:
+            raise ValueError(f"class {c} is out of range for {self.num_classes} classes")
+        return c if self._order is None else int(self._order[c])
+
+    def row_sparse(self, c: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Class ``c``'s nonzero counts: (token ids int32 sorted, counts int64)."""
+        self.flush()
+        r = self._internal(c)
+        k, j = divmod(r, self.BUCKET)
+        b = self._buckets[k] if k < len(self._buckets) else None
+        if b is None:
+            return torch.zeros(0, dtype=torch.int32), torch.zeros(0, dtype=torch.int64)
+        s, e = int(b.ptr[j]), int(b.ptr[j + 1])
+        return b.tok[s:e], b.val[s:e]
+
+    def row(self, c: int) -> torch.Tensor:
+        """Class ``c``'s counts as a dense int64 ``[V]`` row."""
+        tok, val = self.row_sparse(c)
+        out = torch.zeros(self.num_tokens, dtype=torch.int64)
+        out[tok.long()] = val
+        return out
+
+    def reorder(self, order: Sequence[int]) -> "SparsePMICounter":
+        """Renumber the classes: class ``i`` becomes the current class ``order[i]`` (no data is moved)."""
+        order = torch.as_tensor(list(order), dtype=torch.int64)
+        if sorted(order.tolist()) != list(range(self.num_classes)):
+            raise ValueError(f"order must be a permutation of the {self.num_classes} classes")
+        self._order = order if self._order is None else self._order[order]
+        if bool((self._order == torch.arange(self.num_classes)).all()):
+            self._order = None
+        return self
+
+    @property
+    def counts(self) -> _Rows:
+        return _Rows(self)
+
+    @property
+    def result(self) -> _SparseResult:
+        return _SparseResult(_Rows(self), self.doc_freq, self.n_docs, self.class_docs)
+
+    def to_dense(self) -> torch.Tensor:
+        """The ``[C, V]`` counts (tests, small problems)."""
+        return torch.stack([self.row(c) for c in range(self.num_classes)])
+
+    def csr(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(indptr int64 [C + 1], indices int32 [nnz], values int64 [nnz]) in class order (a copy)."""
+        rows = [self.row_sparse(c) for c in range(self.num_classes)]
+        indptr = torch.zeros(self.num_classes + 1, dtype=torch.int64)
+        indptr[1:] = torch.tensor([t.numel() for t, _ in rows], dtype=torch.int64).cumsum(0)
+        return (indptr, torch.cat([t for t, _ in rows]) if rows else torch.zeros(0, dtype=torch.int32),
+                torch.cat([v for _, v in rows]) if rows else torch.zeros(0, dtype=torch.int64))
+
+    @classmethod
+    def from_csr(cls, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
+                 doc_freq: torch.Tensor, class_docs: torch.Tensor, n_docs: int) -> "SparsePMICounter":
+        C, V = class_docs.shape[0], doc_freq.shape[0]
+        out = cls(int(V), int(C))
+        w = cls.BUCKET
+        for k in range((C + w - 1) // w):
+            c0, c1 = k * w, min(C, k * w + w)
+            s, e = int(indptr[c0]), int(indptr[c1])
+            if e > s:
+                b = _Bucket(w)
+                b.ptr[: c1 - c0 + 1] = indptr[c0: c1 + 1] - s
+                b.ptr[c1 - c0 + 1:] = e - s
+                b.tok = indices[s:e].to(torch.int32).clone()
+                b.val = values[s:e].to(torch.int64).clone()
+                while len(out._buckets) <= k:
+                    out._buckets.append(None)
+                out._buckets[k] = b
+                out._nnz += e - s
+        out.doc_freq = doc_freq.to(torch.int64).clone()
+        out._class_docs = class_docs.to(torch.int64).clone()
+        out.n_docs = int(n_docs)
+        return out
+
+    def nbytes(self) -> int:
+        """Bytes held by the counts (buckets, pending pairs, doc_freq, class_docs)."""
+        n = sum(b.ptr.numel() * 8 + b.tok.numel() * 4 + b.val.numel() * 8 for b in self._buckets if b)
+        return n + self._pending_nnz * 16 + (self.num_tokens + self.num_classes) * 8
+
+    def scores(self, target: int, measure: str = "fwpmi", alpha: float = 0.0, min_count: int = 1):
+        from .pmi import pmi_scores
+
+        return pmi_scores(self.result, target, measure=measure, alpha=alpha, min_count=min_count)
+
+    def top_tokens(self, target: int, k: int, exclude_ids=(), **score_kw) -> torch.Tensor:
+        from .pmi import select_top_k
+
+        return select_top_k(self.scores(target, **score_kw), k, exclude_ids=exclude_ids)
