@@ -212,6 +212,7 @@ def cmd_pmi(a) -> int:
                             max_length=a.max_length, workers=workers, block_size=a.block_size, device=a.device,
                             checkpoint_every=a.checkpoint_every, checkpoint_seconds=a.checkpoint_seconds,
                             unknown_labels=a.unknown_labels, on_malformed=a.on_malformed, progress=not a.quiet,
+                            counts_format=a.counts_format,
                             extra_summary={"tokenizer_name": a.model, "workers_per_rank": workers})
     finally:
         if started:
@@ -227,6 +228,9 @@ def cmd_pmi(a) -> int:
         print(f"{cc.n_docs:,} documents, {cc.n_tokens:,} tokens in {s['wall']:.1f} s ({s['docs_per_s']:,.0f} docs/s, "
               f"{s['tokens_per_s']:,.0f} tokens/s, {world} rank(s) x {workers} tokenizer workers); "
               f"{cc.n_skipped} records skipped")
+        sm = cc.summary()
+        print(f"{sm['counts_format']} counts: {sm['nnz']:,} nonzero class-token pairs of "
+              f"{len(cc.label_names):,} x {cc.counter.num_tokens:,}")
         print(f"counts and tables written to {out}")
     return EXIT_OK
 
@@ -268,6 +272,18 @@ def _precomputed_counts(path: str, tok, names: List[str]):
         raise BadInput(f"the counts in {path} are over the classes {cc.label_names}, the model's are {names}")
     order = [cc.label_names.index(n) for n in names]
     c = cc.counter
+    from .ops.sparse_doc_counts import SparsePMICounter
+
+    if isinstance(c, SparsePMICounter):  # STEU takes dense counts: expand when they fit
+        if c.num_classes * c.num_tokens * 8 > 4 << 30:
+            raise BadInput(f"the sparse counts in {path} ({c.num_classes} classes x {c.num_tokens} tokens) are "
+                           "too large to expand for `steu unlearn`; use steu_ext.data.corpus_pmi."
+                           "load_class_counts(path, target) for one class")
+        from .ops.doc_counts import PMICounter
+
+        d = PMICounter(c.num_tokens, c.num_classes)
+        d.counts, d.doc_freq, d.class_docs, d.n_docs = c.to_dense(), c.doc_freq, c.class_docs, c.n_docs
+        c = d
     c.counts, c.class_docs = c.counts[order].contiguous(), c.class_docs[order].contiguous()
     return c
 
@@ -722,6 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100_000, help="documents between checkpoints")
     p.add_argument("--checkpoint-seconds", type=float, default=300.0, help="seconds between checkpoints")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in --out and count afresh")
+    p.add_argument("--counts-format", default="auto", choices=["auto", "dense", "sparse"],
+                   help="dense [C, V] counts, sparse (memory grows with the nonzero class-token pairs: "
+                        "thousands of labels, LLM vocabularies), or auto: dense while C x V x 8 bytes <= 1 GiB")
     p.add_argument("--quiet", action="store_true")
     _out_arg(p)
     p.set_defaults(func=cmd_pmi)

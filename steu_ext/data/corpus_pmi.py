@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from ..ops.doc_counts import DocCounts, PMICounter
+from ..ops.sparse_doc_counts import SparsePMICounter
 from . import stream
 
 log = logging.getLogger("steu_ext")
@@ -52,6 +53,7 @@ __all__ = [
     "precompute_pmi",
     "save_counts",
     "load_counts",
+    "load_class_counts",
     "top_token_tables",
     "tokenizer_identity",
     "check_tokenizer",
@@ -163,20 +165,28 @@ def _check_ids(flat: np.ndarray, V: int) -> None:
         raise ValueError(f"the tokenizer produced id {int(flat.max())} >= its length {V}")
 
 
-def _block_counts(flat, lengths, rows, cols, C: int, V: int) -> Dict[str, Any]:
-    """Document-level counts of one tokenized block with the ``doc_counts`` kernel, returned sparse (the
-    nonzero entries of the row-major ``[C, V]`` counts and of ``doc_freq``) to keep the reply small."""
+def _block_counts(flat, lengths, rows, cols, C: int, V: int, sparse: bool = False) -> Dict[str, Any]:
+    """Document-level counts of one tokenized block with the ``doc_counts`` kernel (``sparse``: the
+    ``sparse_doc_counts`` kernel, no ``[C, V]`` array), returned sparse (the nonzero entries of the
+    row-major ``[C, V]`` counts, sorted, and of ``doc_freq``) to keep the reply small."""
     from ..ops.doc_counts import doc_counts
+    from ..ops.sparse_doc_counts import sparse_doc_counts
 
     _check_ids(flat, V)
     ids, mask = _padded(flat, lengths)
-    r = doc_counts(ids, _label_matrix(rows, cols, len(lengths), C), num_tokens=V, attention_mask=mask,
-                   validate=False)
-    cnt = r.counts.reshape(-1)
-    nz, dnz = cnt.nonzero().squeeze(1), r.doc_freq.nonzero().squeeze(1)
+    lab = _label_matrix(rows, cols, len(lengths), C)
+    if sparse:
+        r = sparse_doc_counts(ids, lab, num_tokens=V, attention_mask=mask, validate=False)
+        nz, val = r.keys, r.values
+    else:
+        r = doc_counts(ids, lab, num_tokens=V, attention_mask=mask, validate=False)
+        cnt = r.counts.reshape(-1)
+        nz = cnt.nonzero().squeeze(1)
+        val = cnt[nz]
+    dnz = r.doc_freq.nonzero().squeeze(1)
     return {
         "idx": nz.numpy(),
-        "val": cnt[nz].numpy(),
+        "val": val.numpy(),
         "df_idx": dnz.numpy(),
         "df_val": r.doc_freq[dnz].numpy(),
         "class_docs": r.class_docs.numpy(),
@@ -185,15 +195,22 @@ def _block_counts(flat, lengths, rows, cols, C: int, V: int) -> Dict[str, Any]:
     }
 
 
-def _tokenize_and_count(texts: List[str], rows: np.ndarray, cols: np.ndarray, C: int, tok=None, V=None):
+def _tokenize_and_count(texts: List[str], rows: np.ndarray, cols: np.ndarray, C: int, tok=None, V=None,
+                        sparse: bool = False):
     """A worker's job: tokenize a block and count it (see :func:`_block_counts`)."""
     flat, lengths = _encode(texts, tok)
-    return _block_counts(flat, lengths, rows, cols, C, V if V is not None else _WORKER["V"])
+    return _block_counts(flat, lengths, rows, cols, C, V if V is not None else _WORKER["V"], sparse)
 
 
-def _add_block(counter: PMICounter, b: Dict[str, Any]) -> None:
+def _add_block(counter, b: Dict[str, Any]) -> None:
     """Add one block's sparse counts to ``counter`` (row-major indices stay valid when classes were added
     after the block was sent, since new classes are appended as new rows)."""
+    if isinstance(counter, SparsePMICounter):
+        df = torch.zeros(counter.num_tokens, dtype=torch.int64)
+        df[torch.from_numpy(b["df_idx"])] = torch.from_numpy(b["df_val"])
+        counter.add_pairs(torch.from_numpy(b["idx"]), torch.from_numpy(b["val"]), df,
+                          torch.from_numpy(b["class_docs"]), b["n_docs"])
+        return
     dev = counter.device
     counter.counts.view(-1).index_add_(
         0, torch.from_numpy(b["idx"]).to(dev), torch.from_numpy(b["val"]).to(dev)
@@ -257,6 +274,8 @@ class CorpusCounts:
             "skipped": {"count": self.n_skipped, "records": self.skipped},
             "world_size": self.world_size,
             "seconds": self.seconds,
+            "counts_format": "sparse" if isinstance(c, SparsePMICounter) else "dense",
+            "nnz": c.nnz if isinstance(c, SparsePMICounter) else int((c.counts != 0).sum()),
         }
 
 
@@ -363,7 +382,7 @@ class _Checkpointer:
         from safetensors.torch import save
 
         os.makedirs(self.folder, exist_ok=True)
-        tensors = {k: v.cpu().contiguous() for k, v in counter.state_dict().items()}
+        tensors = _counter_tensors(counter)
         meta = {
             "format": CHECKPOINT_FORMAT,
             "run": json.dumps(self.run, sort_keys=True),
@@ -380,9 +399,95 @@ class _Checkpointer:
             os.remove(self.path)
 
 
+# ---- counts in either layout ---------------------------------------------------------------------------
+#: dense [C, V] int64 counts above this size are counted sparse by counts_format="auto"
+DENSE_MAX_BYTES = 1 << 30
+
+
+def _counter_tensors(counter) -> Dict[str, torch.Tensor]:
+    """What is saved of a counter: dense (``counts``, ...) or CSR (``indptr``, ``indices``, ``values``, ...)."""
+    if isinstance(counter, SparsePMICounter):
+        indptr, indices, values = counter.csr()
+        return {"indptr": indptr, "indices": indices, "values": values, "doc_freq": counter.doc_freq.clone(),
+                "class_docs": counter.class_docs.clone(),
+                "n_docs": torch.tensor(counter.n_docs, dtype=torch.int64)}
+    return {k: v.cpu().contiguous() for k, v in counter.state_dict().items()}
+
+
+def _check_count_tensors(t: Dict[str, torch.Tensor], where: str) -> None:
+    """Refuse saved counts whose shapes or values are inconsistent (they would give NaN scores or select
+    nothing): every tensor present, int64 (indices int32), shapes that agree, 0 <= counts <= n(t) <= N,
+    N_c <= N."""
+    sparse = "indptr" in t
+    need = ("indptr", "indices", "values", "doc_freq", "class_docs", "n_docs") if sparse else (
+        "counts", "doc_freq", "class_docs", "n_docs")
+    missing = [k for k in need if k not in t]
+    if missing:
+        raise ValueError(f"{where}: missing tensor(s) {missing}")
+    for k in need:
+        want = (torch.int32, torch.int64) if k == "indices" else (torch.int64,)
+        if t[k].dtype not in want:
+            raise ValueError(f"{where}: {k} has dtype {t[k].dtype}, expected {want[-1]}")
+    df, cd, n = t["doc_freq"], t["class_docs"], t["n_docs"]
+    if n.dim() != 0 or df.dim() != 1 or cd.dim() != 1 or df.numel() == 0 or cd.numel() == 0:
+        raise ValueError(f"{where}: n_docs must be a scalar, doc_freq [V] and class_docs [C] non-empty vectors "
+                         f"(got shapes {tuple(n.shape)}, {tuple(df.shape)}, {tuple(cd.shape)})")
+    N, V, C = int(n), df.numel(), cd.numel()
+    if N < 0:
+        raise ValueError(f"{where}: n_docs is negative ({N})")
+    if bool((cd < 0).any()) or bool((cd > N).any()):
+        raise ValueError(f"{where}: class_docs must lie in [0, n_docs={N}] (found {int(cd.min())}..{int(cd.max())})")
+    if bool((df < 0).any()) or bool((df > N).any()):
+        raise ValueError(f"{where}: doc_freq must lie in [0, n_docs={N}]")
+    if sparse:
+        ip, ix, val = t["indptr"], t["indices"], t["values"]
+        if ip.dim() != 1 or ip.numel() != C + 1 or ix.dim() != 1 or val.shape != ix.shape:
+            raise ValueError(f"{where}: CSR shapes disagree (indptr {tuple(ip.shape)} for {C} classes, indices "
+                             f"{tuple(ix.shape)}, values {tuple(val.shape)})")
+        if int(ip[0]) != 0 or int(ip[-1]) != ix.numel() or bool((ip.diff() < 0).any()):
+            raise ValueError(f"{where}: indptr is not a valid row pointer array over {ix.numel()} entries")
+        if ix.numel():
+            if int(ix.min()) < 0 or int(ix.max()) >= V:
+                raise ValueError(f"{where}: token indices outside [0, {V})")
+            rows = torch.repeat_interleave(torch.arange(C), ip.diff())
+            key = rows * V + ix.long()
+            if bool((key.diff() <= 0).any()):
+                raise ValueError(f"{where}: token indices are not sorted and unique within each row")
+            if bool((val < 1).any()):
+                raise ValueError(f"{where}: stored counts must be >= 1")
+            if bool((val > df[ix.long()]).any()) or bool((val > cd[rows]).any()):
+                raise ValueError(f"{where}: a class-token count exceeds its token's or its class's documents")
+    else:
+        cnt = t["counts"]
+        if cnt.dim() != 2 or cnt.shape != (C, V):
+            raise ValueError(f"{where}: counts have shape {tuple(cnt.shape)}, expected ({C}, {V}) from "
+                             "class_docs and doc_freq")
+        if bool((cnt < 0).any()) or bool((cnt > df.unsqueeze(0)).any()) or bool((cnt > cd.unsqueeze(1)).any()):
+            raise ValueError(f"{where}: a class-token count is negative or exceeds its token's or its class's "
+                             "documents")
+
+
+def _counter_from_tensors(t: Dict[str, torch.Tensor], device, where: str = "the counts"):
+    _check_count_tensors(t, where)
+    if "indptr" in t:
+        return SparsePMICounter.from_csr(t["indptr"], t["indices"], t["values"], t["doc_freq"], t["class_docs"],
+                                         int(t["n_docs"]))
+    return PMICounter.from_state_dict(t, device)
+
+
+def _to_sparse(counter: PMICounter) -> SparsePMICounter:
+    out = SparsePMICounter(counter.num_tokens, counter.num_classes, counter.device)
+    flat = counter.counts.reshape(-1)
+    nz = flat.nonzero().squeeze(1)
+    out.add_pairs(nz.cpu(), flat[nz].cpu(), counter.doc_freq, counter.class_docs, counter.n_docs)
+    return out.flush()
+
+
 # ---- counting -------------------------------------------------------------------------------------------
-def _with_classes(counter: PMICounter, C: int) -> PMICounter:
+def _with_classes(counter, C: int):
     """``counter`` grown to ``C`` classes (a newly seen class gets a zero row)."""
+    if isinstance(counter, SparsePMICounter):
+        return counter.add_classes(C)
     out = PMICounter(counter.num_tokens, C, counter.device)
     out.counts[: counter.num_classes] = counter.counts
     out.class_docs[: counter.num_classes] = counter.class_docs
@@ -391,8 +496,36 @@ def _with_classes(counter: PMICounter, C: int) -> PMICounter:
     return out
 
 
-def _reordered(counter: PMICounter, names: Sequence[str], final: Sequence[str]) -> PMICounter:
+def _gather_sparse(counter: SparsePMICounter, dist, world: int) -> SparsePMICounter:
+    """Exact sum of every rank's sparse counts, on every rank: the pairs of each range of classes are
+    all-gathered and merged by key, one range at a time (temporary memory: one range from every rank).
+    ``doc_freq`` and ``class_docs`` are this rank's (the caller all-reduces them)."""
+    C, V = counter.num_classes, counter.num_tokens
+    out = SparsePMICounter(V, C, counter.device)
+    w = out.BUCKET
+    for k in range((C + w - 1) // w):
+        rows = [counter.row_sparse(c) for c in range(k * w, min(C, k * w + w))]
+        keys = torch.cat([t.long() + (k * w + i) * V for i, (t, _) in enumerate(rows)])
+        vals = torch.cat([v for _, v in rows])
+        every: List[Any] = [None] * world
+        dist.all_gather_object(every, (keys.numpy(), vals.numpy()))
+        keys = torch.cat([torch.from_numpy(a) for a, _ in every])
+        if keys.numel():
+            keys, perm = torch.sort(keys)
+            out._merge_bucket(k, keys, torch.cat([torch.from_numpy(b) for _, b in every])[perm])
+    out.doc_freq = counter.doc_freq.clone()
+    out._class_docs = counter.class_docs.clone()
+    out.n_docs = counter.n_docs
+    return out
+
+
+def _reordered(counter, names: Sequence[str], final: Sequence[str]):
     """Rows of ``counter`` (classes ``names``, in discovery order) placed at their positions in ``final``."""
+    if isinstance(counter, SparsePMICounter):
+        counter.add_classes(len(final))
+        have = list(names) + [n for n in final if n not in set(names)]
+        pos = {n: i for i, n in enumerate(have)}
+        return counter.reorder([pos[n] for n in final])
     out = PMICounter(counter.num_tokens, len(final), counter.device)
     if names:
         rows = torch.tensor([list(final).index(n) for n in names], device=counter.device)
@@ -447,6 +580,7 @@ def count_corpus(
     mp_context: Optional[str] = None,
     count_in: str = "auto",
     check_labels: Optional[Callable[[List[str]], None]] = None,
+    counts_format: str = "auto",
 ) -> CorpusCounts:
     """Stream ``path`` and count, per class and token, the documents containing the token.
 
@@ -469,6 +603,11 @@ def count_corpus(
         check_labels: called with the class names once known (e.g. to reject an unknown target
             class): before counting when ``label_names`` is given, else after counting, once a final
             checkpoint is written, so that a corrected re-run resumes at the end instead of recounting.
+        counts_format: ``"dense"`` (``[C, V]`` int64: fastest while it fits), ``"sparse"``
+            (:class:`~steu_ext.ops.sparse_doc_counts.SparsePMICounter`: memory grows with the nonzero
+            class-token pairs; for ICD-sized label sets and LLM vocabularies) or ``"auto"``: dense while
+            ``C x V x 8`` bytes stay under :data:`DENSE_MAX_BYTES`, else sparse (switching when discovered
+            classes push it over). Both give identical counts; the summary says which ran.
     Under torch.distributed every rank must call this with the same arguments; all get the reduced counts.
     """
     if unknown_labels not in ("error", "skip"):
@@ -481,6 +620,8 @@ def count_corpus(
         raise ValueError(f"workers must be >= 0, got {workers}")
     if count_in not in ("auto", "main", "workers"):
         raise ValueError(f"count_in must be 'auto', 'main' or 'workers', got {count_in!r}")
+    if counts_format not in ("auto", "dense", "sparse"):
+        raise ValueError(f"counts_format must be 'auto', 'dense' or 'sparse', got {counts_format!r}")
     t_start = time.perf_counter()
     fingerprint = stream.input_fingerprint(path)  # also: the file exists
     stream.detect_format(path, fmt)
@@ -499,7 +640,12 @@ def count_corpus(
     index = {n: i for i, n in enumerate(names)}
     V = len(tokenizer)
     device = torch.device(device if device is not None else "cpu")
-    counter = PMICounter(V, max(len(names), 1), device)
+
+    def wants_sparse(C: int) -> bool:
+        return counts_format == "sparse" or (counts_format == "auto" and C * V * 8 > DENSE_MAX_BYTES)
+
+    C0 = max(len(names), 1)
+    counter = SparsePMICounter(V, C0, device) if wants_sparse(C0) else PMICounter(V, C0, device)
 
     run = {
         "input": fingerprint,
@@ -526,7 +672,7 @@ def count_corpus(
         loaded = ckpt.load()
         if loaded is not None:
             tensors, st = loaded
-            counter = PMICounter.from_state_dict(tensors, device)
+            counter = _counter_from_tensors(tensors, device, f"the checkpoint in {checkpoint_dir}")
             start, n_tokens, n_seen, n_skipped = (
                 st["next_index"],
                 st["n_tokens"],
@@ -591,6 +737,9 @@ def count_corpus(
         nonlocal n_tokens, n_seen, counter, last_end
         last_end = block.end
         if len(names) > counter.num_classes:
+            if isinstance(counter, PMICounter) and wants_sparse(len(names)):
+                counter = _to_sparse(counter)
+                log.info("%d classes x %d tokens: switching to sparse counts", len(names), V)
             counter = _with_classes(counter, len(names))
         if good and on_device:  # token ids came back: count here, on the device
             flat, lengths, rows, cols = result
@@ -663,7 +812,8 @@ def count_corpus(
                     result = (
                         (*_encode(texts, enc), rows, cols)
                         if on_device
-                        else _tokenize_and_count(texts, rows, cols, C, enc, V)
+                        else _tokenize_and_count(texts, rows, cols, C, enc, V,
+                                                 isinstance(counter, SparsePMICounter))
                     )
                 t = time.perf_counter()
                 count(block, good, result)
@@ -694,7 +844,8 @@ def count_corpus(
                     job = (
                         pool.apply_async(_encode, (texts,))
                         if on_device
-                        else pool.apply_async(_tokenize_and_count, (texts, rows, cols, C))
+                        else pool.apply_async(_tokenize_and_count, (texts, rows, cols, C, None, None,
+                                                                    isinstance(counter, SparsePMICounter)))
                     )
                 inflight.append((block, good, job, rows, cols))
                 while len(inflight) >= max_inflight:
@@ -739,7 +890,11 @@ def count_corpus(
             else counter.device
         )
         scal = torch.tensor([counter.n_docs, n_tokens, n_seen, n_skipped], dtype=torch.int64)
-        parts = [counter.counts, counter.doc_freq, counter.class_docs, scal]
+        sparse = isinstance(counter, SparsePMICounter)
+        if sparse:
+            counter = _gather_sparse(counter, dist, world)
+        parts = [counter.counts] if not sparse else []
+        parts += [counter.doc_freq, counter.class_docs, scal]
         for t in parts:
             buf = t.to(red_dev)
             dist.all_reduce(buf)
@@ -786,9 +941,10 @@ def save_counts(cc: CorpusCounts, out_dir: str) -> str:
     from safetensors.torch import save
 
     os.makedirs(out_dir, exist_ok=True)
-    tensors = {k: v.cpu().contiguous() for k, v in cc.counter.state_dict().items()}
+    tensors = _counter_tensors(cc.counter)
     meta = {
         "format": COUNTS_FORMAT,
+        "layout": "csr" if isinstance(cc.counter, SparsePMICounter) else "dense",
         "label_names": json.dumps(cc.label_names),
         "tokenizer": json.dumps(cc.tokenizer),
         "max_length": str(cc.max_length),
@@ -817,7 +973,7 @@ def load_counts(path: str, tokenizer=None, device: Union[str, torch.device] = "c
     ident = json.loads(meta["tokenizer"])
     if tokenizer is not None:
         check_tokenizer(ident, tokenizer, where=f"the counts in {path}")
-    counter = PMICounter.from_state_dict(tensors, device)
+    counter = _counter_from_tensors(tensors, device, file)
     names = json.loads(meta["label_names"])
     if len(names) != counter.num_classes:
         raise ValueError(f"{file}: {len(names)} label names for {counter.num_classes} count rows")
@@ -830,6 +986,46 @@ def load_counts(path: str, tokenizer=None, device: Union[str, torch.device] = "c
         int(meta.get("n_records", 0)),
         int(meta.get("n_tokens", 0)),
     )
+
+
+def load_class_counts(path: str, target: Union[int, str], tokenizer=None) -> Dict[str, Any]:
+    """One class's counts from saved counts, reading only that row (and ``doc_freq``) of a sparse (CSR)
+    file: ``{"label", "index", "counts" (int64 [V]), "doc_freq", "n_docs", "class_docs" (int)}``. What
+    :func:`~steu_ext.ops.pmi.pmi_scores` needs for one target, without loading ``C x V``."""
+    from safetensors import safe_open
+
+    from ..methods.steu import resolve_target
+
+    file = os.path.join(path, COUNTS_FILE) if os.path.isdir(path) else path
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"no saved counts at {path} (expected {COUNTS_FILE} from `steu pmi`)")
+    with safe_open(file, "pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != COUNTS_FORMAT:
+            raise ValueError(f"{file} is not a counts file written by `steu pmi`")
+        if tokenizer is not None:
+            check_tokenizer(json.loads(meta["tokenizer"]), tokenizer, where=f"the counts in {path}")
+        names = json.loads(meta["label_names"])
+        c = resolve_target(target, names)
+        df, cd, n = f.get_tensor("doc_freq"), f.get_tensor("class_docs"), int(f.get_tensor("n_docs"))
+        if cd.shape != (len(names),) or n < 0 or not 0 <= int(cd[c]) <= n:
+            raise ValueError(f"{file}: inconsistent counts (class_docs {tuple(cd.shape)} for {len(names)} "
+                             f"classes, n_docs {n})")
+        row = torch.zeros(df.shape[0], dtype=torch.int64)
+        if "indptr" in f.keys():
+            ip = f.get_slice("indptr")[c: c + 2]
+            s, e = int(ip[0]), int(ip[1])
+            if e > s:
+                idx = f.get_slice("indices")[s:e].long()
+                if int(idx.min()) < 0 or int(idx.max()) >= df.shape[0]:
+                    raise ValueError(f"{file}: token indices outside the vocabulary")
+                row[idx] = f.get_slice("values")[s:e]
+        else:
+            row = f.get_slice("counts")[c: c + 1].reshape(-1)
+    if bool((row < 0).any()) or bool((row > df).any()) or bool((row > int(cd[c])).any()):
+        raise ValueError(f"{file}: class {names[c]!r} has counts outside [0, its documents]")
+    return {"label": names[c], "index": c, "counts": row, "doc_freq": df, "n_docs": n,
+            "class_docs": int(cd[c])}
 
 
 def top_token_tables(
