@@ -182,8 +182,12 @@ def cmd_pmi(a) -> int:
         raise BadInput(f"cannot load the tokenizer of {a.model!r}: {str(e).splitlines()[0]}") from None
     if a.k > len(tok):
         raise BadInput(f"k={a.k} is larger than the vocabulary ({len(tok)} tokens)")
-    if not os.path.exists(a.data):
-        raise BadInput(f"data file not found: {a.data}")
+    from .data.stream import resolve_shards
+
+    try:
+        resolve_shards(a.data)
+    except (OSError, ValueError) as e:
+        raise BadInput(str(e)) from None
     out = a.out
     # Written in place (not via _output_dir) so that a killed run can resume from out/checkpoints;
     # summary.json is written last and marks a finished run.

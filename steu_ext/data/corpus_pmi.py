@@ -322,6 +322,14 @@ def _atomic_write(path: str, data: bytes) -> None:
         pass
 
 
+def _changed_files(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    a = old.get("shards", [old]) if isinstance(old, dict) else []
+    b = new.get("shards", [new])
+    if len(a) != len(b):
+        return [f"{len(a)} shards then, {len(b)} now"]
+    return [y.get("path", "?") for x, y in zip(a, b) if x != y] or ["?"]
+
+
 class _Checkpointer:
     def __init__(
         self,
@@ -362,6 +370,12 @@ class _Checkpointer:
             raise ValueError(f"{self.path} is not a PMI counting checkpoint")
         saved = json.loads(meta["run"])
         diff = sorted(k for k in set(saved) | set(self.run) if saved.get(k) != self.run.get(k))
+        if diff == ["input"]:
+            raise ValueError(
+                f"the input changed since the checkpoint {self.path} was written (size, modification time "
+                f"or content: {_changed_files(saved['input'], self.run['input'])}); start afresh "
+                "(--no-resume, or remove the folder) or restore the input"
+            )
         if diff:
             raise ValueError(
                 f"the checkpoint {self.path} belongs to a different run (it differs in {diff}); "
@@ -496,6 +510,22 @@ def _with_classes(counter, C: int):
     return out
 
 
+def _check_counted_regions(shards, mine, cur, done_hashes, prefix) -> None:
+    """Refuse to resume when a region a checkpoint already counted has changed since (finished shards:
+    their whole content; the current one: its prefix up to where counting had read)."""
+    for i, want in done_hashes.items():
+        sh = shards[int(i)]
+        if stream.PrefixHasher(sh).upto(os.path.getsize(sh)) != want:
+            raise ValueError(f"{sh} changed since the checkpoint (it was counted already); start afresh "
+                             "(--no-resume) or restore the file")
+    if prefix and cur < len(mine):
+        sh = shards[mine[cur]]
+        if prefix["bytes"] > os.path.getsize(sh) or stream.PrefixHasher(sh).upto(prefix["bytes"]) != prefix[
+                "blake2b"]:
+            raise ValueError(f"{sh} changed since the checkpoint in its first {prefix['bytes']:,} bytes, which "
+                             "were counted already; start afresh (--no-resume) or restore the file")
+
+
 def _gather_sparse(counter: SparsePMICounter, dist, world: int) -> SparsePMICounter:
     """Exact sum of every rank's sparse counts, on every rank: the pairs of each range of classes are
     all-gathered and merged by key, one range at a time (temporary memory: one range from every rank).
@@ -623,13 +653,24 @@ def count_corpus(
     if counts_format not in ("auto", "dense", "sparse"):
         raise ValueError(f"counts_format must be 'auto', 'dense' or 'sparse', got {counts_format!r}")
     t_start = time.perf_counter()
-    fingerprint = stream.input_fingerprint(path)  # also: the file exists
-    stream.detect_format(path, fmt)
+    # Inputs: one file, or shards (a folder, a glob, an HF datasets folder). With at least as many shards
+    # as ranks, rank r reads whole shards r, r + world, ...; otherwise every rank reads its blocks of
+    # every shard. Either way the assignment depends only on the sorted shard list and the world size.
+    shards = stream.resolve_shards(path)
+    for sh in shards:
+        stream.detect_format(sh, fmt)
+    single = len(shards) == 1 and os.path.isfile(path) and shards[0] == path
+    prints = [stream.input_fingerprint(sh) for sh in shards]
+    fingerprint = prints[0] if single else {
+        "path": os.path.abspath(path), "size": sum(f["size"] for f in prints), "shards": prints}
     tok_json = _tokenizer_json(tokenizer)
     ident = tokenizer_identity(tokenizer, tok_json)
     direction = getattr(tokenizer, "truncation_side", "right")
     dist = _dist()
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
+    whole = not single and len(shards) >= world
+    mine = [i for i in range(len(shards)) if i % world == rank] if whole else list(range(len(shards)))
+    sub_rank, sub_world = (0, 1) if whole else (rank, world)
 
     # Classes: fixed by label_names (then other labels are unknown), or discovered while reading (no extra
     # pass over the file) and put in sorted order at the end.
@@ -668,6 +709,9 @@ def count_corpus(
     start, n_tokens, n_seen, n_skipped = 0, 0, 0, 0
     skipped: List[Dict[str, Any]] = []
     last_end = 0
+    # where this rank is: shard mine[cur] from record next_index; hashes of the counted regions
+    cur, last_pos = 0, 0
+    done_hashes: Dict[str, str] = {}
     if ckpt is not None and resume:
         loaded = ckpt.load()
         if loaded is not None:
@@ -681,6 +725,9 @@ def count_corpus(
             )
             skipped, names = st["skipped"], st["names"]
             index = {n: i for i, n in enumerate(names)}
+            cur, done_hashes = st.get("shard", 0), st.get("done_hashes", {})
+            _check_counted_regions(shards, mine, cur, done_hashes, st.get("prefix"))
+            last_pos = (st.get("prefix") or {}).get("bytes", 0)
             log.warning(
                 "rank %d: resuming from record %d (%d documents already counted)", rank, start, counter.n_docs
             )
@@ -690,7 +737,7 @@ def count_corpus(
         from tqdm.auto import tqdm
 
         bar = tqdm(
-            total=fingerprint["size"],
+            total=sum(prints[i]["size"] for i in mine),
             unit="B",
             unit_scale=True,
             dynamic_ncols=True,
@@ -705,6 +752,7 @@ def count_corpus(
         nonlocal n_skipped
         good = []
         bad = list(block.skipped)
+        where = "" if single else f"{os.path.basename(shards[mine[block.shard]])}: "
         for r in block.records:
             ys = [index.get(v) for v in r.labels]
             if None in ys and not fixed:  # a new class
@@ -717,7 +765,7 @@ def count_corpus(
                 unknown = [v for v, y in zip(r.labels, ys) if y is None]
                 if unknown_labels == "error":
                     raise ValueError(
-                        f"{path}: line {r.line}: unknown label(s) {unknown}; the classes are {names} "
+                        f"{path}: {where}line {r.line}: unknown label(s) {unknown}; the classes are {names} "
                         "(skip such records with unknown_labels='skip' / --unknown-labels skip)"
                     )
                 bad.append(stream.Skipped(r.index, r.line, f"unknown label(s) {unknown}"))
@@ -725,17 +773,24 @@ def count_corpus(
             good.append((ys, r))
         if bad and on_malformed == "error":
             b = min(bad, key=lambda s: s.index)
-            raise ValueError(f"{path}: line {b.line}: {b.reason}")
+            raise ValueError(f"{path}: {where}line {b.line}: {b.reason}")
         bad.sort(key=lambda s: s.index)
         n_skipped += len(bad)
         room = MAX_LISTED_SKIPS - len(skipped)
-        skipped.extend({"line": s.line, "reason": s.reason} for s in bad[: max(room, 0)])
+        extra = {} if single else {"file": os.path.basename(shards[mine[block.shard]])}
+        skipped.extend({**extra, "line": s.line, "reason": s.reason} for s in bad[: max(room, 0)])
         return good
 
     def count(block: stream.Block, good, result) -> None:
         """Add a finished block to the counts (in file order), then report progress and checkpoint."""
-        nonlocal n_tokens, n_seen, counter, last_end
-        last_end = block.end
+        nonlocal n_tokens, n_seen, counter, last_end, cur, last_pos
+        if block.number < 0:  # end of a shard
+            if not single:
+                h = hashers.pop(block.shard, None) or stream.PrefixHasher(shards[mine[block.shard]])
+                done_hashes[str(mine[block.shard])] = h.upto(block.pos)
+                cur, last_end, last_pos = block.shard + 1, 0, 0
+            return
+        last_end, cur, last_pos = block.end, block.shard, block.pos
         if len(names) > counter.num_classes:
             if isinstance(counter, PMICounter) and wants_sparse(len(names)):
                 counter = _to_sparse(counter)
@@ -755,7 +810,7 @@ def count_corpus(
             n_tokens += result["n_tokens"]
         n_seen += len(block.records) + len(block.skipped)
         if bar is not None:
-            bar.update(block.pos - bar.n)
+            bar.update(bytes_before[block.shard] + block.pos - bar.n)
             el = time.perf_counter() - t_bar
             bar.set_postfix_str(
                 f"{(counter.n_docs - docs_at_start) / el:,.0f} docs/s, "
@@ -771,8 +826,19 @@ def count_corpus(
         rows = np.repeat(np.arange(len(good)), [len(ys) for ys, _ in good])
         return texts, rows, cols, len(names)
 
+    hashers: Dict[int, stream.PrefixHasher] = {}
+    bytes_before = [0] * (len(mine) + 1)
+    for j, i in enumerate(mine):
+        bytes_before[j + 1] = bytes_before[j] + prints[i]["size"]
+
     def state(next_index: int) -> Dict[str, Any]:
+        h = hashers.setdefault(cur, stream.PrefixHasher(shards[mine[cur]])) if cur < len(mine) else None
         return {
+            "shard": cur,
+            "progress": {os.path.basename(shards[mine[j]]): (next_index if j == cur else "done")
+                         for j in range(min(cur + 1, len(mine)))},
+            "prefix": None if h is None else {"bytes": last_pos, "blake2b": h.upto(last_pos)},
+            "done_hashes": dict(done_hashes),
             "next_index": next_index,
             "n_tokens": n_tokens,
             "n_records": n_seen,
@@ -781,17 +847,19 @@ def count_corpus(
             "names": names,
         }
 
-    blocks = stream.iter_blocks(
-        path,
-        text_column,
-        label_column,
-        label_sep=label_sep,
-        fmt=fmt,
-        block_size=block_size,
-        rank=rank,
-        world_size=world,
-        start=start,
-    )
+    def all_blocks():
+        for j in range(cur, len(mine)):
+            sh = shards[mine[j]]
+            for b in stream.iter_blocks(sh, text_column, label_column, label_sep=label_sep, fmt=fmt,
+                                        block_size=block_size, rank=sub_rank, world_size=sub_world,
+                                        start=start if j == cur else 0):
+                b.shard = j
+                yield b
+            end = stream.Block(-1, 0, 0, pos=prints[mine[j]]["size"])
+            end.shard = j
+            yield end
+
+    blocks = all_blocks()
     t_count = 0.0
     pool = None
     # Where counting happens: on a GPU, the main process counts padded batches there (the workers only
@@ -853,7 +921,7 @@ def count_corpus(
             while inflight:
                 finish_oldest()
         if ckpt is not None:  # a final checkpoint: a failure from here on costs no recounting
-            ckpt.save(counter, state(max(start, last_end)))
+            ckpt.save(counter, state(max(start, last_end) if single else 0))
     finally:
         torch.set_num_threads(threads)
         if pool is not None:
@@ -902,7 +970,7 @@ def count_corpus(
         counter.n_docs, n_tokens, n_seen, n_skipped = (int(x) for x in scal.tolist())
         every = [None] * world
         dist.all_gather_object(every, skipped)
-        skipped = sorted((s for part in every for s in part), key=lambda s: s["line"])[:MAX_LISTED_SKIPS]
+        skipped = sorted((s for part in every for s in part), key=lambda s: (s.get("file", ""), s["line"]))[:MAX_LISTED_SKIPS]
     if counter.n_docs == 0:
         raise ValueError(
             f"{path}: no document was counted ({n_skipped} records skipped"
