@@ -847,19 +847,19 @@ def count_corpus(
             "names": names,
         }
 
-    def all_blocks():
-        for j in range(cur, len(mine)):
+    def all_blocks(first: int):  # (count() moves `cur` on while this runs)
+        for j in range(first, len(mine)):
             sh = shards[mine[j]]
             for b in stream.iter_blocks(sh, text_column, label_column, label_sep=label_sep, fmt=fmt,
                                         block_size=block_size, rank=sub_rank, world_size=sub_world,
-                                        start=start if j == cur else 0):
+                                        start=start if j == first else 0):
                 b.shard = j
                 yield b
             end = stream.Block(-1, 0, 0, pos=prints[mine[j]]["size"])
             end.shard = j
             yield end
 
-    blocks = all_blocks()
+    blocks = all_blocks(cur)
     t_count = 0.0
     pool = None
     # Where counting happens: on a GPU, the main process counts padded batches there (the workers only
