@@ -656,6 +656,7 @@ def count_corpus(
     # Inputs: one file, or shards (a folder, a glob, an HF datasets folder). With at least as many shards
     # as ranks, rank r reads whole shards r, r + world, ...; otherwise every rank reads its blocks of
     # every shard. Either way the assignment depends only on the sorted shard list and the world size.
+    path = os.fspath(path)
     shards = stream.resolve_shards(path)
     for sh in shards:
         stream.detect_format(sh, fmt)

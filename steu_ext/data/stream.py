@@ -330,6 +330,7 @@ def resolve_shards(data: str) -> List[str]:
     or .gz, sorted by name); or a glob pattern (sorted). Raises ``ValueError`` when nothing matches."""
     import glob
 
+    data = os.fspath(data)
     if any(ch in data for ch in "*?[") and not os.path.exists(data):
         files = sorted(f for f in glob.glob(data) if os.path.isfile(f))
         if not files:
