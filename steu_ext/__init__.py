@@ -7,6 +7,7 @@ from .ops import (
     DocCounts,
     PMICounter,
     SparseDocCounts,
+    SparsePMICounter,
     doc_counts,
     grad_project_,
     grad_project_basis_,
@@ -21,6 +22,7 @@ from .optim import RowSparseAdam, RowSparseAdamW
 
 __version__ = "0.1.0"
 
-__all__ = ["DocCounts", "PMICounter", "doc_counts", "sparse_doc_counts", "SparseDocCounts", "pmi_scores", "select_top_k", "row_adam_", "multi_adam_",
+__all__ = ["DocCounts", "PMICounter", "doc_counts", "sparse_doc_counts", "SparseDocCounts", "SparsePMICounter",
+           "pmi_scores", "select_top_k", "row_adam_", "multi_adam_",
            "grad_project_", "grad_project_basis_", "orthonormal_basis", "RowSparseAdam", "RowSparseAdamW",
            "set_backend", "use_backend", "available_backends", "__version__"]
