@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from .. import _backend
@@ -170,43 +171,69 @@ class SparsePMICounter:
         """Merge the pending pairs into the buckets."""
         if not self._pending:
             return self
-        keys = torch.cat([k for k, _ in self._pending])
-        vals = torch.cat([v for _, v in self._pending])
+        keys = np.concatenate([k.numpy() for k, _ in self._pending])
+        vals = np.concatenate([v.numpy() for _, v in self._pending])
         self._pending, self._pending_nnz = [], 0
-        keys, perm = torch.sort(keys)
-        vals = vals[perm]
-        del perm
+        if len(keys) and int(keys.max()) < 1 << 43 and int(vals.max()) < 1 << 20 and int(vals.min()) >= 0:
+            # one key-and-count word per pair: a plain sort of int64, no permutation to apply
+            packed = np.left_shift(keys, 20)
+            packed |= vals
+            del keys, vals
+            packed.sort(kind="stable")  # timsort: merges the already sorted runs of the batches
+            keys, vals = np.right_shift(packed, 20), packed & ((1 << 20) - 1)
+            del packed
+        else:
+            order = np.argsort(keys, kind="stable")
+            keys, vals = keys[order], vals[order]
+            del order
+        # sum the counts of a key seen in several batches
+        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+        if len(starts) < len(keys):
+            vals = np.add.reduceat(vals, starts)
+            keys = keys[starts]
+        del starts
         span = self.BUCKET * self.num_tokens
         first, last = int(keys[0]) // span, int(keys[-1]) // span
-        bounds = torch.searchsorted(keys, torch.arange(first, last + 2, dtype=torch.int64) * span).tolist()
+        bounds = np.searchsorted(keys, np.arange(first, last + 2, dtype=np.int64) * span).tolist()
         for i, k in enumerate(range(first, last + 1)):
             if bounds[i] < bounds[i + 1]:
                 self._merge_bucket(k, keys[bounds[i]: bounds[i + 1]], vals[bounds[i]: bounds[i + 1]])
         return self
 
-    def _merge_bucket(self, k: int, keys: torch.Tensor, vals: torch.Tensor) -> None:
+    def _merge_bucket(self, k: int, keys: np.ndarray, vals: np.ndarray) -> None:
+        """Add sorted unique ``keys`` with counts ``vals`` to bucket ``k``: keys already stored are added to
+        in place; new ones are inserted (one pass over the bucket)."""
         while len(self._buckets) <= k:
             self._buckets.append(None)
         V, w = self.num_tokens, self.BUCKET
         b = self._buckets[k]
         if b is not None and b.tok.numel():
-            old = torch.repeat_interleave(torch.arange(k * w, k * w + w, dtype=torch.int64), b.ptr.diff()) * V
-            old += b.tok
-            keys, inv = torch.unique(torch.cat([old, keys]), sorted=True, return_inverse=True)
+            ptr = b.ptr.numpy()
+            old = np.repeat(np.arange(k * w, k * w + w, dtype=np.int64) * V, np.diff(ptr))
+            old += b.tok.numpy()
+            pos = np.searchsorted(old, keys)
+            hit = pos < len(old)
+            hit[hit] = old[pos[hit]] == keys[hit]
+            oval = b.val.numpy()
+            oval[pos[hit]] += vals[hit]
+            if hit.all():
+                return
+            miss = ~hit
+            mpos = pos[miss]
+            self._nnz += int(miss.sum())
+            keys = np.insert(old, mpos, keys[miss])
             del old
-            vals = torch.zeros(keys.numel(), dtype=torch.int64).index_add_(0, inv, torch.cat([b.val, vals]))
-            del inv
-            self._nnz -= b.tok.numel()
-        else:  # keys of one batch are unique already; several batches may repeat a key
-            keys, inv = torch.unique_consecutive(keys, return_inverse=True)
-            vals = torch.zeros(keys.numel(), dtype=torch.int64).index_add_(0, inv, vals)
+            vals = np.insert(oval, mpos, vals[miss])
+        else:
+            self._nnz += len(keys)
+            keys, vals = keys.copy(), vals.astype(np.int64, copy=True)
         nb = _Bucket(w)
         rows = keys // V - k * w
-        nb.ptr[1:] = torch.bincount(rows, minlength=w).cumsum(0)
-        nb.tok = (keys - (rows + k * w) * V).to(torch.int32)
-        nb.val = vals
+        nb.ptr[1:] = torch.from_numpy(np.bincount(rows, minlength=w).cumsum())
+        keys -= (rows + k * w) * V
+        nb.tok = torch.from_numpy(keys.astype(np.int32))
+        nb.val = torch.from_numpy(vals)
         self._buckets[k] = nb
-        self._nnz += keys.numel()
 
     def merge(self, other: "SparsePMICounter") -> "SparsePMICounter":
         """Add another counter's counts (same vocabulary; classes by position)."""
