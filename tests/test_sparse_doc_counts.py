@@ -137,3 +137,51 @@ def test_bad_input_is_refused_before_the_kernel():
         sparse_doc_counts(ids, torch.tensor([[2]]), num_tokens=9)
     with pytest.raises(ValueError, match="rows"):
         sparse_doc_counts(ids, torch.tensor([[1], [0]]), num_tokens=9)
+
+
+# ---- SparsePMICounter -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("V,C,merge_min,bucket", [(50, 300, 7, 16), (20, 5, 1, 128), (50, 300, 10**9, 128),
+                                                  (7, 400, 3, 4)])
+def test_sparse_counter_equals_dense_counter(V, C, merge_min, bucket, monkeypatch):
+    """Many batches, merges after every few pairs or only at the end, buckets of 4..128 classes, C > V."""
+    from steu_ext import PMICounter, SparsePMICounter
+
+    monkeypatch.setattr(SparsePMICounter, "BUCKET", bucket)
+    g = torch.Generator().manual_seed(V * C)
+    dense, sparse = PMICounter(V, C), SparsePMICounter(V, C, merge_min=merge_min)
+    for _ in range(25):
+        ids = torch.randint(0, V, (9, 12), generator=g)
+        lab = (torch.rand(9, C, generator=g) < 0.05).to(torch.uint8)
+        lab[0] = 0  # a document without classes
+        dense.update(ids, lab)
+        sparse.update(ids, lab)
+    assert torch.equal(sparse.to_dense(), dense.counts) and torch.equal(sparse.doc_freq, dense.doc_freq)
+    assert torch.equal(sparse.class_docs, dense.class_docs) and sparse.n_docs == dense.n_docs
+    assert sparse.nnz == int((dense.counts != 0).sum())
+    both = SparsePMICounter(V, C).merge(sparse).merge(sparse)
+    assert torch.equal(both.to_dense(), 2 * dense.counts) and both.n_docs == 2 * dense.n_docs
+    perm = torch.randperm(C).tolist()
+    sparse.reorder(perm)
+    assert torch.equal(sparse.to_dense(), dense.counts[perm]) and torch.equal(sparse.class_docs,
+                                                                             dense.class_docs[perm])
+    back = SparsePMICounter.from_csr(*sparse.csr(), sparse.doc_freq, sparse.class_docs, sparse.n_docs)
+    assert torch.equal(back.to_dense(), dense.counts[perm])
+    t = int(dense.class_docs.argmax())
+    assert torch.equal(back.scores(perm.index(t)), dense.scores(t))
+    assert torch.equal(back.top_tokens(perm.index(t), 5), dense.top_tokens(t, 5))
+
+
+def test_sparse_counter_errors():
+    from steu_ext import SparsePMICounter
+
+    with pytest.raises(ValueError, match="num_tokens"):
+        SparsePMICounter(0, 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        SparsePMICounter(3, 0)
+    c = SparsePMICounter(5, 2)
+    with pytest.raises(ValueError, match="out of range"):
+        c.row(2)
+    with pytest.raises(ValueError, match="permutation"):
+        c.reorder([0, 0])
+    with pytest.raises(ValueError, match="shape"):
+        c.merge(SparsePMICounter(5, 3))
