@@ -716,10 +716,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("pmi", help="document-level token statistics and top PMI tokens per class",
-                       description="Streams CSV/TSV/JSONL/parquet (plain or .gz) of any size; resumable (re-run "
-                                   "the same command after a crash); under torchrun the ranks share the file.")
+                       description="Streams CSV/TSV/JSONL/parquet (plain or .gz) of any size, a folder or glob of "
+                                   "such shards, or an HF datasets folder (save_to_disk); resumable (re-run "
+                                   "the same command after a crash); under torchrun the ranks share the input.")
     _data_args(p)
-    p.add_argument("--format", default=None, choices=["csv", "tsv", "jsonl", "parquet"],
+    p.add_argument("--format", default=None, choices=["csv", "tsv", "jsonl", "parquet", "arrow"],
                    help="input format (default: from the file extension)")
     p.add_argument("--model", required=True, help="model name or folder whose tokenizer to use")
     p.add_argument("--target", action="append", help="class name or index (repeatable; default: all)")

@@ -185,3 +185,16 @@ def test_sparse_counter_errors():
         c.reorder([0, 0])
     with pytest.raises(ValueError, match="shape"):
         c.merge(SparsePMICounter(5, 3))
+
+
+def test_sparse_counter_counts_too_large_to_pack():
+    """A batch count >= 2^20 (merged counters, huge batches) takes the unpacked path, still exact."""
+    from steu_ext import SparsePMICounter
+
+    z10, z3 = torch.zeros(10, dtype=torch.int64), torch.zeros(3, dtype=torch.int64)
+    c = SparsePMICounter(10, 3, merge_min=1)
+    c.add_pairs(torch.tensor([0, 5, 29]), torch.tensor([1, 2**21, 3]), z10, z3, 0)
+    c.add_pairs(torch.tensor([5, 6]), torch.tensor([1, 1]), z10, z3, 0)
+    want = torch.zeros(3, 10, dtype=torch.int64)
+    want[0, 0], want[0, 5], want[0, 6], want[2, 9] = 1, 2**21 + 1, 1, 3
+    assert torch.equal(c.to_dense(), want) and c.nnz == 4

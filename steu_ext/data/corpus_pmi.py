@@ -1122,13 +1122,14 @@ def top_token_tables(
             continue
         scores = counter.scores(t, measure=measure, alpha=alpha, min_count=min_count)
         ids = select_top_k(scores, k, exclude_ids=special)
+        row = counter.counts[t]  # one dense row (a sparse counter expands only this class)
         tables[cc.label_names[t]] = [
             {
                 "rank": r + 1,
                 "id": int(i),
                 "token": tokenizer.convert_ids_to_tokens(int(i)),
                 "score": float(scores[i]),
-                "docs_in_class": int(counter.counts[t, i]),
+                "docs_in_class": int(row[i]),
                 "docs": int(counter.doc_freq[i]),
             }
             for r, i in enumerate(ids)

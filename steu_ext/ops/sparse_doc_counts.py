@@ -61,6 +61,9 @@ _backend.register_kernel("sparse_doc_counts", "triton",
 
 
 # ---- streaming accumulator ---------------------------------------------------------------------------
+_COUNT_BITS = 20
+_COUNT_LIMIT = 1 << _COUNT_BITS  # a batch's count of a pair below this packs with its key in one word
+_KEY_LIMIT = 1 << (63 - _COUNT_BITS)
 class _Bucket:
     """The counts of ``width`` consecutive (internal) classes as CSR: ``ptr`` [width + 1] row pointers,
     ``tok`` int32 token ids (sorted within a row), ``val`` int64 counts."""
@@ -111,7 +114,7 @@ class SparsePMICounter:
     BUCKET = 128
 
     def __init__(self, num_tokens: int, num_classes: int, device: Union[str, torch.device] = "cpu",
-                 merge_min: int = 1 << 20):
+                 merge_min: int = 1 << 18):
         if not isinstance(num_tokens, int) or isinstance(num_tokens, bool) or num_tokens < 1:
             raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
@@ -125,7 +128,9 @@ class SparsePMICounter:
         self._class_docs = torch.zeros(num_classes, dtype=torch.int64)
         self.n_docs = 0
         self._buckets: List[Optional[_Bucket]] = []
-        self._pending: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        # pending pairs: int64 words key << 20 | count (8 bytes a pair) or, when a key or count is too large
+        # for that, (keys, counts) arrays
+        self._pending: List[Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]] = []
         self._pending_nnz = 0
         self._nnz = 0
         self._order: Optional[torch.Tensor] = None  # class i is internal row _order[i]; None = identity
@@ -147,7 +152,11 @@ class SparsePMICounter:
         if keys.numel():
             if int(keys[-1]) >= self.num_classes * self.num_tokens or int(keys[0]) < 0:
                 raise ValueError("pair keys out of range for this counter")
-            self._pending.append((keys, values))
+            k, v = keys.numpy(), values.numpy()
+            if int(keys[-1]) < _KEY_LIMIT and 0 <= int(v.min()) and int(v.max()) < _COUNT_LIMIT:
+                self._pending.append(np.left_shift(k, _COUNT_BITS) | v)
+            else:
+                self._pending.append((k.copy(), v.astype(np.int64, copy=True)))
             self._pending_nnz += keys.numel()
         self.doc_freq += doc_freq.cpu()
         cd = class_docs.cpu()
@@ -171,18 +180,21 @@ class SparsePMICounter:
         """Merge the pending pairs into the buckets."""
         if not self._pending:
             return self
-        keys = np.concatenate([k.numpy() for k, _ in self._pending])
-        vals = np.concatenate([v.numpy() for _, v in self._pending])
-        self._pending, self._pending_nnz = [], 0
-        if len(keys) and int(keys.max()) < 1 << 43 and int(vals.max()) < 1 << 20 and int(vals.min()) >= 0:
-            # one key-and-count word per pair: a plain sort of int64, no permutation to apply
-            packed = np.left_shift(keys, 20)
-            packed |= vals
-            del keys, vals
-            packed.sort(kind="stable")  # timsort: merges the already sorted runs of the batches
-            keys, vals = np.right_shift(packed, 20), packed & ((1 << 20) - 1)
+        if all(isinstance(p, np.ndarray) for p in self._pending):
+            # one key-and-count word per pair: a plain sort of int64 (timsort: it merges the already sorted
+            # runs of the batches), no permutation to apply
+            packed = np.concatenate(self._pending)
+            self._pending, self._pending_nnz = [], 0
+            packed.sort(kind="stable")
+            vals = packed & (_COUNT_LIMIT - 1)
+            keys = np.right_shift(packed, _COUNT_BITS, out=packed)  # in place
             del packed
         else:
+            parts = [(p >> _COUNT_BITS, p & (_COUNT_LIMIT - 1)) if isinstance(p, np.ndarray) else p
+                     for p in self._pending]
+            self._pending, self._pending_nnz = [], 0
+            keys, vals = np.concatenate([k for k, _ in parts]), np.concatenate([v for _, v in parts])
+            del parts
             order = np.argsort(keys, kind="stable")
             keys, vals = keys[order], vals[order]
             del order
@@ -245,7 +257,7 @@ class SparsePMICounter:
         for c in range(other.num_classes):
             tok, val = other.row_sparse(c)
             if tok.numel():
-                self._pending.append((tok.to(torch.int64) + c * self.num_tokens, val))
+                self._pending.append(((tok.to(torch.int64) + c * self.num_tokens).numpy(), val.numpy().copy()))
                 self._pending_nnz += tok.numel()
         self.doc_freq += other.doc_freq
         self._class_docs += other.class_docs
@@ -342,7 +354,8 @@ class SparsePMICounter:
     def nbytes(self) -> int:
         """Bytes held by the counts (buckets, pending pairs, doc_freq, class_docs)."""
         n = sum(b.ptr.numel() * 8 + b.tok.numel() * 4 + b.val.numel() * 8 for b in self._buckets if b)
-        return n + self._pending_nnz * 16 + (self.num_tokens + self.num_classes) * 8
+        pend = sum(p.nbytes if isinstance(p, np.ndarray) else p[0].nbytes + p[1].nbytes for p in self._pending)
+        return n + pend + (self.num_tokens + self.num_classes) * 8
 
     def scores(self, target: int, measure: str = "fwpmi", alpha: float = 0.0, min_count: int = 1):
         from .pmi import pmi_scores
