@@ -141,11 +141,17 @@ class SparsePMICounter:
                validate: Optional[bool] = None) -> "SparsePMICounter":
         r = sparse_doc_counts(input_ids, labels, num_tokens=self.num_tokens, num_classes=self.num_classes,
                               attention_mask=attention_mask, lengths=lengths, validate=validate)
-        return self.add_pairs(r.keys, r.values, r.doc_freq, r.class_docs, r.n_docs)
+        self._stage(r.keys, r.values, r.doc_freq, r.class_docs, r.n_docs)
+        del r  # the batch's pairs are packed now: free them before a merge needs memory
+        return self._maybe_flush()
 
     def add_pairs(self, keys: torch.Tensor, values: torch.Tensor, doc_freq: torch.Tensor,
                   class_docs: torch.Tensor, n_docs: int) -> "SparsePMICounter":
         """Add one batch's sparse counts (keys sorted, in this counter's internal class numbering)."""
+        self._stage(keys, values, doc_freq, class_docs, n_docs)
+        return self._maybe_flush()
+
+    def _stage(self, keys, values, doc_freq, class_docs, n_docs) -> None:
         if self._order is not None:
             raise RuntimeError("cannot add to a counter whose classes were reordered")
         keys, values = keys.cpu(), values.cpu()
@@ -154,7 +160,9 @@ class SparsePMICounter:
                 raise ValueError("pair keys out of range for this counter")
             k, v = keys.numpy(), values.numpy()
             if int(keys[-1]) < _KEY_LIMIT and 0 <= int(v.min()) and int(v.max()) < _COUNT_LIMIT:
-                self._pending.append(np.left_shift(k, _COUNT_BITS) | v)
+                w = np.left_shift(k, _COUNT_BITS)
+                w |= v
+                self._pending.append(w)
             else:
                 self._pending.append((k.copy(), v.astype(np.int64, copy=True)))
             self._pending_nnz += keys.numel()
@@ -162,6 +170,8 @@ class SparsePMICounter:
         cd = class_docs.cpu()
         self._class_docs[: cd.shape[0]] += cd
         self.n_docs += int(n_docs)
+
+    def _maybe_flush(self) -> "SparsePMICounter":
         if self._pending_nnz >= max(self.merge_min, self._nnz // 4):
             self.flush()
         return self
@@ -199,11 +209,15 @@ class SparsePMICounter:
             keys, vals = keys[order], vals[order]
             del order
         # sum the counts of a key seen in several batches
-        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-        if len(starts) < len(keys):
+        dup = keys[1:] == keys[:-1]
+        if dup.any():
+            starts = np.flatnonzero(np.concatenate(([True], ~dup)))
+            del dup
             vals = np.add.reduceat(vals, starts)
             keys = keys[starts]
-        del starts
+            del starts
+        else:
+            del dup
         span = self.BUCKET * self.num_tokens
         first, last = int(keys[0]) // span, int(keys[-1]) // span
         bounds = np.searchsorted(keys, np.arange(first, last + 2, dtype=np.int64) * span).tolist()
