@@ -45,7 +45,10 @@ def sparse_doc_counts(input_ids: torch.Tensor, labels: torch.Tensor, *, num_toke
         raise ValueError(f"{C} classes x {num_tokens} tokens do not fit int64 keys")
     _, fn = _backend.resolve("sparse_doc_counts", ids.device)
     keys, values, doc_freq = fn(ids, mask, lab, num_tokens)
-    return SparseDocCounts(keys, values, doc_freq, ids.shape[0], lab.sum(0, dtype=torch.int64), num_tokens)
+    # documents per class, without the int64 copy of [B, C] that lab.sum(0, dtype=int64) makes (37 MB for
+    # a block of 512 documents with 9,000 classes)
+    class_docs = torch.bincount(lab.nonzero()[:, 1], minlength=C)
+    return SparseDocCounts(keys, values, doc_freq, ids.shape[0], class_docs, num_tokens)
 
 
 def _cpp_sparse_doc_counts(ids, mask, labels, num_tokens):
