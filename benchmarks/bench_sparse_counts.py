@@ -17,7 +17,7 @@ with ``counter.update`` (the counting step of ``steu pmi``; tokenization is benc
 
 Dense runs only where its memory (about 2.5 x C x V x 8 bytes: counts, the kernel's output and its
 per-thread buffers) fits in the available memory with a margin. Results are appended to
-``benchmarks/results/sparse_counts-cpu.jsonl`` and summarised in ``sparse_counts-cpu.md``.
+``benchmarks/results/sparse_counts-cpu.jsonl`` and summarised in ``sparse_counts-cpu.md`` (a section per run).
 
     python benchmarks/bench_sparse_counts.py            # ~1-2 minutes on 2 cores: 1,024 documents
     STEU_BENCH_SIZES=full python benchmarks/bench_sparse_counts.py   # 8,192 documents, dense at C=9000 too
@@ -198,7 +198,10 @@ def main() -> None:
             + " | " + (f"{r['mem_ratio_block_with_pairs']:.2f}" if "mem_ratio" in r else "")
             + " | " + (f"{r['vs_dense']:.2f} ({'ok' if r['throughput_target_ok'] else 'MISSED'}: ≥ 0.8)"
                        if "vs_dense" in r else "") + " |")
-    (RESULTS / "sparse_counts-cpu.md").write_text("\n".join(lines) + "\n")
+    md = RESULTS / "sparse_counts-cpu.md"  # one section per run, appended
+    with open(md, "a") as f:
+        f.write(("\n" if md.exists() and md.stat().st_size else "") + "\n".join(lines).replace("# Sparse", "## Sparse", 1)
+                + "\n")
     print("\n".join(lines))
 
 
