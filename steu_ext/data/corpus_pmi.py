@@ -5,19 +5,26 @@ statistics with the model's own tokenizer, save them, and reuse them for many un
     precompute_pmi("notes.csv.gz", tokenizer, "pmi/", text_column="note", label_column="dx", workers=8)
     counts = load_counts("pmi/", tokenizer)        # refuses counts made with another tokenizer
 
-Memory is bounded by C x V (the counts) plus a few blocks in flight, not by the corpus size:
+Memory is bounded by the counts plus a few blocks in flight, not by the corpus size:
 :mod:`steu_ext.data.stream` reads blocks of records, worker processes tokenize them with the fast
 (Rust) tokenizer, and the main process counts finished blocks with the fastest ``doc_counts`` kernel while
-the workers tokenize the next ones.
+the workers tokenize the next ones. The counts are dense ``[C, V]`` while that fits (``counts_format=
+"auto"``), else sparse (:class:`~steu_ext.ops.sparse_doc_counts.SparsePMICounter`, memory ~ the nonzero
+class-token pairs: thousands of ICD codes, LLM vocabularies), saved as CSR; the numbers are identical.
+
+Inputs: one file, or shards (a folder, a glob, an HF ``datasets`` folder written by ``save_to_disk``,
+whose Arrow files are read in place).
 
 Resumable: every ``checkpoint_every`` documents (and every ``checkpoint_seconds``) each rank writes its
-counts and the record ordinal it has counted up to, atomically (temp file, fsync, rename). A run killed
-at any point and started again with the same arguments resumes from the last checkpoint: blocks after it
-are counted once, blocks before it are never recounted.
+counts and the shard and record ordinal it has counted up to, atomically (temp file, fsync, rename). A run
+killed at any point and started again with the same arguments resumes from the last checkpoint: blocks
+after it are counted once, blocks before it are never recounted. An input changed since (size,
+modification time, sampled content, or a hash of the bytes already counted) is refused.
 
-Distributed: under ``torchrun`` (``torch.distributed`` initialised, or ``WORLD_SIZE`` > 1), block ``b``
-of the file belongs to rank ``b % world_size``; the ranks count their blocks and all-reduce the int64
-counts (gloo on CPU, NCCL on GPU), so the result equals the single-process one exactly.
+Distributed: under ``torchrun`` (``torch.distributed`` initialised, or ``WORLD_SIZE`` > 1), with at least
+as many shards as ranks rank ``r`` reads whole shards ``r, r + world, ...``; otherwise block ``b`` of each
+file belongs to rank ``b % world_size``. Dense counts are all-reduced (gloo on CPU, NCCL on GPU), sparse
+ones gathered and merged by key, so the result equals the single-process one exactly.
 """
 
 from __future__ import annotations
