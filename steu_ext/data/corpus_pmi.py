@@ -546,10 +546,11 @@ def _gather_sparse(counter: SparsePMICounter, dist, world: int) -> SparsePMICoun
         vals = torch.cat([v for _, v in rows])
         every: List[Any] = [None] * world
         dist.all_gather_object(every, (keys.numpy(), vals.numpy()))
-        keys = torch.cat([torch.from_numpy(a) for a, _ in every])
-        if keys.numel():
-            keys, perm = torch.sort(keys)
-            out._merge_bucket(k, keys, torch.cat([torch.from_numpy(b) for _, b in every])[perm])
+        keys = np.concatenate([a for a, _ in every])
+        vals = np.concatenate([b for _, b in every])
+        del every
+        order = np.argsort(keys, kind="stable")  # (sorted runs, one per rank)
+        out._merge_sorted(keys[order], vals[order])
     out.doc_freq = counter.doc_freq.clone()
     out._class_docs = counter.class_docs.clone()
     out.n_docs = counter.n_docs

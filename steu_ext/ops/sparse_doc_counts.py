@@ -211,6 +211,12 @@ class SparsePMICounter:
             order = np.argsort(keys, kind="stable")
             keys, vals = keys[order], vals[order]
             del order
+        return self._merge_sorted(keys, vals)
+
+    def _merge_sorted(self, keys: np.ndarray, vals: np.ndarray) -> "SparsePMICounter":
+        """Merge sorted ``keys`` (repeats allowed) with their counts into the buckets."""
+        if not len(keys):
+            return self
         # sum the counts of a key seen in several batches
         dup = keys[1:] == keys[:-1]
         if dup.any():
