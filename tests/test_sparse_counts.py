@@ -152,6 +152,7 @@ def test_sigkill_mid_shard_then_resume_equals_uninterrupted(tok, corpus, dense, 
     resumed = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from record 40" in resumed.stderr
+    assert "sparse counts:" in resumed.stdout  # the run says which layout it used
     _same(load_counts(str(out), tok).counter, dense.counter)
 
 
