@@ -311,13 +311,20 @@ def _dist():
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------------
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a torn one."""
+def _atomic_write(path: str, data) -> None:
+    """Write ``data`` (bytes, or an iterable of byte chunks) to ``path`` so that a crash leaves the old file
+    or the new one, never a torn one (nor a temp file, when the writing itself fails)."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)
     try:
         fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
@@ -400,16 +407,13 @@ class _Checkpointer:
             self.save(counter, state)
 
     def save(self, counter: PMICounter, state: Dict[str, Any]) -> None:
-        from safetensors.torch import save
-
         os.makedirs(self.folder, exist_ok=True)
-        tensors = _counter_tensors(counter)
         meta = {
             "format": CHECKPOINT_FORMAT,
             "run": json.dumps(self.run, sort_keys=True),
             "state": json.dumps(state),
         }
-        _atomic_write(self.path, save(tensors, metadata=meta))
+        _write_counts(self.path, counter, meta)
         self.docs_since, self.last = 0, time.monotonic()
         self.written += 1
         if self.kill_after and self.written >= self.kill_after:
@@ -423,6 +427,44 @@ class _Checkpointer:
 # ---- counts in either layout ---------------------------------------------------------------------------
 #: dense [C, V] int64 counts above this size are counted sparse by counts_format="auto"
 DENSE_MAX_BYTES = 1 << 30
+
+
+def _write_counts(path: str, counter, meta: Dict[str, str]) -> None:
+    """Save a counter as safetensors, atomically. Sparse counters are streamed row by row into the file's
+    CSR tensors (no second copy of the counts in memory, whatever their size)."""
+    if not isinstance(counter, SparsePMICounter):
+        from safetensors.torch import save
+
+        _atomic_write(path, save(_counter_tensors(counter), metadata=meta))
+        return
+    import struct
+
+    C, nnz = counter.num_classes, counter.nnz
+    lengths = np.fromiter((counter.row_sparse(c)[0].numel() for c in range(C)), dtype=np.int64, count=C)
+    indptr = np.concatenate(([0], np.cumsum(lengths)))
+    entries = [
+        ("indptr", "I64", [C + 1], lambda: [indptr.tobytes()]),
+        ("indices", "I32", [nnz], lambda: (counter.row_sparse(c)[0].numpy().tobytes() for c in range(C))),
+        ("values", "I64", [nnz], lambda: (counter.row_sparse(c)[1].numpy().tobytes() for c in range(C))),
+        ("doc_freq", "I64", [counter.num_tokens], lambda: [counter.doc_freq.numpy().tobytes()]),
+        ("class_docs", "I64", [C], lambda: [counter.class_docs.numpy().tobytes()]),
+        ("n_docs", "I64", [], lambda: [np.int64(counter.n_docs).tobytes()]),
+    ]
+    header: Dict[str, Any] = {"__metadata__": meta}
+    off = 0
+    for name, dt, shape, _ in entries:
+        n = (4 if dt == "I32" else 8) * int(np.prod(shape))
+        header[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + n]}
+        off += n
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+
+    def chunks():
+        yield struct.pack("<Q", len(h)) + h
+        for *_, parts in entries:
+            yield from parts()
+
+    _atomic_write(path, chunks())
 
 
 def _counter_tensors(counter) -> Dict[str, torch.Tensor]:
@@ -1015,10 +1057,7 @@ def count_corpus(
 # ---- outputs --------------------------------------------------------------------------------------------
 def save_counts(cc: CorpusCounts, out_dir: str) -> str:
     """Write ``counts.safetensors`` (the counter's state plus identity metadata) into ``out_dir``."""
-    from safetensors.torch import save
-
     os.makedirs(out_dir, exist_ok=True)
-    tensors = _counter_tensors(cc.counter)
     meta = {
         "format": COUNTS_FORMAT,
         "layout": "csr" if isinstance(cc.counter, SparsePMICounter) else "dense",
@@ -1030,7 +1069,7 @@ def save_counts(cc: CorpusCounts, out_dir: str) -> str:
         "n_records": str(cc.n_records),
     }
     path = os.path.join(out_dir, COUNTS_FILE)
-    _atomic_write(path, save(tensors, metadata=meta))
+    _write_counts(path, cc.counter, meta)
     return path
 
 
