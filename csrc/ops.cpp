@@ -6,6 +6,9 @@ TORCH_LIBRARY(steu_ext, m) {
   // Document-level token x class counts: counts[c, t] = #docs labelled c containing token t (once per doc),
   // doc_freq[t] = #docs containing t. Positions where mask is false are ignored.
   m.def("doc_counts(Tensor ids, Tensor mask, Tensor labels, int num_tokens) -> (Tensor, Tensor)");
+  // The same counts, sparse: (keys = c * num_tokens + t strictly increasing, values >= 1, doc_freq [V]),
+  // the nonzeros of doc_counts' counts in row-major order; memory grows with them, not with C x V.
+  m.def("sparse_doc_counts(Tensor ids, Tensor mask, Tensor labels, int num_tokens) -> (Tensor, Tensor, Tensor)");
   // Row-sparse Adam/AdamW step on param[rows]; step has already been incremented by the caller.
   m.def(
       "row_adam_(Tensor(a!) param, Tensor grad, Tensor rows, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "

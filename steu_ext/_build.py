@@ -53,7 +53,7 @@ _EXT_NAME = "steu_ext_cpu"
 # -fno-math-errno lets sqrt vectorize (row_adam_); nothing here reads errno.
 _CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno"]
 _LDFLAGS = ["-fopenmp"]
-_OPS = ("doc_counts", "row_adam_", "grad_project_", "grad_project_basis_")
+_OPS = ("doc_counts", "row_adam_", "grad_project_", "grad_project_basis_", "sparse_doc_counts")
 # A build of these few files takes about a minute; a lock older than this was left by a killed build.
 _STALE_LOCK_S = 10 * 60
 

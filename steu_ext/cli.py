@@ -208,8 +208,12 @@ def cmd_pmi(a) -> int:
         raise BadInput(f"cannot load the tokenizer of {a.model!r}: {str(e).splitlines()[0]}") from None
     if a.k > len(tok):
         raise BadInput(f"k={a.k} is larger than the vocabulary ({len(tok)} tokens)")
-    if not os.path.exists(a.data):
-        raise BadInput(f"data file not found: {a.data}")
+    from .data.stream import resolve_shards
+
+    try:
+        resolve_shards(a.data)
+    except (OSError, ValueError) as e:
+        raise BadInput(str(e)) from None
     out = a.out
     # Written in place (not via _output_dir) so that a killed run can resume from out/checkpoints;
     # summary.json is written last and marks a finished run.
@@ -238,6 +242,7 @@ def cmd_pmi(a) -> int:
                             max_length=a.max_length, workers=workers, block_size=a.block_size, device=a.device,
                             checkpoint_every=a.checkpoint_every, checkpoint_seconds=a.checkpoint_seconds,
                             unknown_labels=a.unknown_labels, on_malformed=a.on_malformed, progress=not a.quiet,
+                            counts_format=a.counts_format,
                             extra_summary={"tokenizer_name": a.model, "workers_per_rank": workers})
     finally:
         if started:
@@ -253,6 +258,9 @@ def cmd_pmi(a) -> int:
         print(f"{cc.n_docs:,} documents, {cc.n_tokens:,} tokens in {s['wall']:.1f} s ({s['docs_per_s']:,.0f} docs/s, "
               f"{s['tokens_per_s']:,.0f} tokens/s, {world} rank(s) x {workers} tokenizer workers); "
               f"{cc.n_skipped} records skipped")
+        sm = cc.summary()
+        print(f"{sm['counts_format']} counts: {sm['nnz']:,} nonzero class-token pairs of "
+              f"{len(cc.label_names):,} x {cc.counter.num_tokens:,}")
         print(f"counts and tables written to {out}")
     return EXIT_OK
 
@@ -302,6 +310,18 @@ def _precomputed_counts(path: str, tok, names: List[str]):
         raise BadInput(f"the counts in {path} are over the classes {cc.label_names}, the model's are {names}")
     order = [cc.label_names.index(n) for n in names]
     c = cc.counter
+    from .ops.sparse_doc_counts import SparsePMICounter
+
+    if isinstance(c, SparsePMICounter):  # STEU takes dense counts: expand when they fit
+        if c.num_classes * c.num_tokens * 8 > 4 << 30:
+            raise BadInput(f"the sparse counts in {path} ({c.num_classes} classes x {c.num_tokens} tokens) are "
+                           "too large to expand for `steu unlearn`; use steu_ext.data.corpus_pmi."
+                           "load_class_counts(path, target) for one class")
+        from .ops.doc_counts import PMICounter
+
+        d = PMICounter(c.num_tokens, c.num_classes)
+        d.counts, d.doc_freq, d.class_docs, d.n_docs = c.to_dense(), c.doc_freq, c.class_docs, c.n_docs
+        c = d
     c.counts, c.class_docs = c.counts[order].contiguous(), c.class_docs[order].contiguous()
     return c
 
@@ -818,10 +838,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("pmi", help="document-level token statistics and top PMI tokens per class",
-                       description="Streams CSV/TSV/JSONL/parquet (plain or .gz) of any size; resumable (re-run "
-                                   "the same command after a crash); under torchrun the ranks share the file.")
+                       description="Streams CSV/TSV/JSONL/parquet (plain or .gz) of any size, a folder or glob of "
+                                   "such shards, or an HF datasets folder (save_to_disk); resumable (re-run "
+                                   "the same command after a crash); under torchrun the ranks share the input.")
     _data_args(p)
-    p.add_argument("--format", default=None, choices=["csv", "tsv", "jsonl", "parquet"],
+    p.add_argument("--format", default=None, choices=["csv", "tsv", "jsonl", "parquet", "arrow"],
                    help="input format (default: from the file extension)")
     p.add_argument("--model", required=True, help="model name or folder whose tokenizer to use")
     p.add_argument("--target", action="append", help="class name or index (repeatable; default: all)")
@@ -844,6 +865,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100_000, help="documents between checkpoints")
     p.add_argument("--checkpoint-seconds", type=float, default=300.0, help="seconds between checkpoints")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in --out and count afresh")
+    p.add_argument("--counts-format", default="auto", choices=["auto", "dense", "sparse"],
+                   help="dense [C, V] counts, sparse (memory grows with the nonzero class-token pairs: "
+                        "thousands of labels, LLM vocabularies), or auto: dense while C x V x 8 bytes <= 1 GiB")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _out_arg(p)
     p.set_defaults(func=cmd_pmi)

@@ -5,19 +5,26 @@ statistics with the model's own tokenizer, save them, and reuse them for many un
     precompute_pmi("notes.csv.gz", tokenizer, "pmi/", text_column="note", label_column="dx", workers=8)
     counts = load_counts("pmi/", tokenizer)        # refuses counts made with another tokenizer
 
-Memory is bounded by C x V (the counts) plus a few blocks in flight, not by the corpus size:
+Memory is bounded by the counts plus a few blocks in flight, not by the corpus size:
 :mod:`steu_ext.data.stream` reads blocks of records, worker processes tokenize them with the fast
 (Rust) tokenizer, and the main process counts finished blocks with the fastest ``doc_counts`` kernel while
-the workers tokenize the next ones.
+the workers tokenize the next ones. The counts are dense ``[C, V]`` while that fits (``counts_format=
+"auto"``), else sparse (:class:`~steu_ext.ops.sparse_doc_counts.SparsePMICounter`, memory ~ the nonzero
+class-token pairs: thousands of ICD codes, LLM vocabularies), saved as CSR; the numbers are identical.
+
+Inputs: one file, or shards (a folder, a glob, an HF ``datasets`` folder written by ``save_to_disk``,
+whose Arrow files are read in place).
 
 Resumable: every ``checkpoint_every`` documents (and every ``checkpoint_seconds``) each rank writes its
-counts and the record ordinal it has counted up to, atomically (temp file, fsync, rename). A run killed
-at any point and started again with the same arguments resumes from the last checkpoint: blocks after it
-are counted once, blocks before it are never recounted.
+counts and the shard and record ordinal it has counted up to, atomically (temp file, fsync, rename). A run
+killed at any point and started again with the same arguments resumes from the last checkpoint: blocks
+after it are counted once, blocks before it are never recounted. An input changed since (size,
+modification time, sampled content, or a hash of the bytes already counted) is refused.
 
-Distributed: under ``torchrun`` (``torch.distributed`` initialised, or ``WORLD_SIZE`` > 1), block ``b``
-of the file belongs to rank ``b % world_size``; the ranks count their blocks and all-reduce the int64
-counts (gloo on CPU, NCCL on GPU), so the result equals the single-process one exactly.
+Distributed: under ``torchrun`` (``torch.distributed`` initialised, or ``WORLD_SIZE`` > 1), with at least
+as many shards as ranks rank ``r`` reads whole shards ``r, r + world, ...``; otherwise block ``b`` of each
+file belongs to rank ``b % world_size``. Dense counts are all-reduced (gloo on CPU, NCCL on GPU), sparse
+ones gathered and merged by key, so the result equals the single-process one exactly.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import torch
 
 from .._progress import show_progress
 from ..ops.doc_counts import DocCounts, PMICounter
+from ..ops.sparse_doc_counts import SparsePMICounter
 from . import stream
 
 log = logging.getLogger("steu_ext")
@@ -53,6 +61,7 @@ __all__ = [
     "precompute_pmi",
     "save_counts",
     "load_counts",
+    "load_class_counts",
     "top_token_tables",
     "tokenizer_identity",
     "check_tokenizer",
@@ -164,20 +173,28 @@ def _check_ids(flat: np.ndarray, V: int) -> None:
         raise ValueError(f"the tokenizer produced id {int(flat.max())} >= its length {V}")
 
 
-def _block_counts(flat, lengths, rows, cols, C: int, V: int) -> Dict[str, Any]:
-    """Document-level counts of one tokenized block with the ``doc_counts`` kernel, returned sparse (the
-    nonzero entries of the row-major ``[C, V]`` counts and of ``doc_freq``) to keep the reply small."""
+def _block_counts(flat, lengths, rows, cols, C: int, V: int, sparse: bool = False) -> Dict[str, Any]:
+    """Document-level counts of one tokenized block with the ``doc_counts`` kernel (``sparse``: the
+    ``sparse_doc_counts`` kernel, no ``[C, V]`` array), returned sparse (the nonzero entries of the
+    row-major ``[C, V]`` counts, sorted, and of ``doc_freq``) to keep the reply small."""
     from ..ops.doc_counts import doc_counts
+    from ..ops.sparse_doc_counts import sparse_doc_counts
 
     _check_ids(flat, V)
     ids, mask = _padded(flat, lengths)
-    r = doc_counts(ids, _label_matrix(rows, cols, len(lengths), C), num_tokens=V, attention_mask=mask,
-                   validate=False)
-    cnt = r.counts.reshape(-1)
-    nz, dnz = cnt.nonzero().squeeze(1), r.doc_freq.nonzero().squeeze(1)
+    lab = _label_matrix(rows, cols, len(lengths), C)
+    if sparse:
+        r = sparse_doc_counts(ids, lab, num_tokens=V, attention_mask=mask, validate=False)
+        nz, val = r.keys, r.values
+    else:
+        r = doc_counts(ids, lab, num_tokens=V, attention_mask=mask, validate=False)
+        cnt = r.counts.reshape(-1)
+        nz = cnt.nonzero().squeeze(1)
+        val = cnt[nz]
+    dnz = r.doc_freq.nonzero().squeeze(1)
     return {
         "idx": nz.numpy(),
-        "val": cnt[nz].numpy(),
+        "val": val.numpy(),
         "df_idx": dnz.numpy(),
         "df_val": r.doc_freq[dnz].numpy(),
         "class_docs": r.class_docs.numpy(),
@@ -186,15 +203,22 @@ def _block_counts(flat, lengths, rows, cols, C: int, V: int) -> Dict[str, Any]:
     }
 
 
-def _tokenize_and_count(texts: List[str], rows: np.ndarray, cols: np.ndarray, C: int, tok=None, V=None):
+def _tokenize_and_count(texts: List[str], rows: np.ndarray, cols: np.ndarray, C: int, tok=None, V=None,
+                        sparse: bool = False):
     """A worker's job: tokenize a block and count it (see :func:`_block_counts`)."""
     flat, lengths = _encode(texts, tok)
-    return _block_counts(flat, lengths, rows, cols, C, V if V is not None else _WORKER["V"])
+    return _block_counts(flat, lengths, rows, cols, C, V if V is not None else _WORKER["V"], sparse)
 
 
-def _add_block(counter: PMICounter, b: Dict[str, Any]) -> None:
+def _add_block(counter, b: Dict[str, Any]) -> None:
     """Add one block's sparse counts to ``counter`` (row-major indices stay valid when classes were added
     after the block was sent, since new classes are appended as new rows)."""
+    if isinstance(counter, SparsePMICounter):
+        df = torch.zeros(counter.num_tokens, dtype=torch.int64)
+        df[torch.from_numpy(b["df_idx"])] = torch.from_numpy(b["df_val"])
+        counter.add_pairs(torch.from_numpy(b["idx"]), torch.from_numpy(b["val"]), df,
+                          torch.from_numpy(b["class_docs"]), b["n_docs"])
+        return
     dev = counter.device
     counter.counts.view(-1).index_add_(
         0, torch.from_numpy(b["idx"]).to(dev), torch.from_numpy(b["val"]).to(dev)
@@ -258,6 +282,8 @@ class CorpusCounts:
             "skipped": {"count": self.n_skipped, "records": self.skipped},
             "world_size": self.world_size,
             "seconds": self.seconds,
+            "counts_format": "sparse" if isinstance(c, SparsePMICounter) else "dense",
+            "nnz": c.nnz if isinstance(c, SparsePMICounter) else int((c.counts != 0).sum()),
         }
 
 
@@ -286,13 +312,20 @@ def _dist():
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------------
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a torn one."""
+def _atomic_write(path: str, data) -> None:
+    """Write ``data`` (bytes, or an iterable of byte chunks) to ``path`` so that a crash leaves the old file
+    or the new one, never a torn one (nor a temp file, when the writing itself fails)."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)
     try:
         fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
@@ -302,6 +335,14 @@ def _atomic_write(path: str, data: bytes) -> None:
             os.close(fd)
     except OSError:  # some filesystems do not fsync directories
         pass
+
+
+def _changed_files(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    a = old.get("shards", [old]) if isinstance(old, dict) else []
+    b = new.get("shards", [new])
+    if len(a) != len(b):
+        return [f"{len(a)} shards then, {len(b)} now"]
+    return [y.get("path", "?") for x, y in zip(a, b) if x != y] or ["?"]
 
 
 class _Checkpointer:
@@ -344,6 +385,12 @@ class _Checkpointer:
             raise ValueError(f"{self.path} is not a PMI counting checkpoint")
         saved = json.loads(meta["run"])
         diff = sorted(k for k in set(saved) | set(self.run) if saved.get(k) != self.run.get(k))
+        if diff == ["input"]:
+            raise ValueError(
+                f"the input changed since the checkpoint {self.path} was written (size, modification time "
+                f"or content: {_changed_files(saved['input'], self.run['input'])}); start afresh "
+                "(--no-resume, or remove the folder) or restore the input"
+            )
         if diff:
             raise ValueError(
                 f"the checkpoint {self.path} belongs to a different run (it differs in {diff}); "
@@ -361,16 +408,13 @@ class _Checkpointer:
             self.save(counter, state)
 
     def save(self, counter: PMICounter, state: Dict[str, Any]) -> None:
-        from safetensors.torch import save
-
         os.makedirs(self.folder, exist_ok=True)
-        tensors = {k: v.cpu().contiguous() for k, v in counter.state_dict().items()}
         meta = {
             "format": CHECKPOINT_FORMAT,
             "run": json.dumps(self.run, sort_keys=True),
             "state": json.dumps(state),
         }
-        _atomic_write(self.path, save(tensors, metadata=meta))
+        _write_counts(self.path, counter, meta)
         self.docs_since, self.last = 0, time.monotonic()
         self.written += 1
         if self.kill_after and self.written >= self.kill_after:
@@ -381,9 +425,133 @@ class _Checkpointer:
             os.remove(self.path)
 
 
+# ---- counts in either layout ---------------------------------------------------------------------------
+#: dense [C, V] int64 counts above this size are counted sparse by counts_format="auto"
+DENSE_MAX_BYTES = 1 << 30
+
+
+def _write_counts(path: str, counter, meta: Dict[str, str]) -> None:
+    """Save a counter as safetensors, atomically. Sparse counters are streamed row by row into the file's
+    CSR tensors (no second copy of the counts in memory, whatever their size)."""
+    if not isinstance(counter, SparsePMICounter):
+        from safetensors.torch import save
+
+        _atomic_write(path, save(_counter_tensors(counter), metadata=meta))
+        return
+    import struct
+
+    C, nnz = counter.num_classes, counter.nnz
+    lengths = np.fromiter((counter.row_sparse(c)[0].numel() for c in range(C)), dtype=np.int64, count=C)
+    indptr = np.concatenate(([0], np.cumsum(lengths)))
+    entries = [
+        ("indptr", "I64", [C + 1], lambda: [indptr.tobytes()]),
+        ("indices", "I32", [nnz], lambda: (counter.row_sparse(c)[0].numpy().tobytes() for c in range(C))),
+        ("values", "I64", [nnz], lambda: (counter.row_sparse(c)[1].numpy().tobytes() for c in range(C))),
+        ("doc_freq", "I64", [counter.num_tokens], lambda: [counter.doc_freq.numpy().tobytes()]),
+        ("class_docs", "I64", [C], lambda: [counter.class_docs.numpy().tobytes()]),
+        ("n_docs", "I64", [], lambda: [np.int64(counter.n_docs).tobytes()]),
+    ]
+    header: Dict[str, Any] = {"__metadata__": meta}
+    off = 0
+    for name, dt, shape, _ in entries:
+        n = (4 if dt == "I32" else 8) * int(np.prod(shape))
+        header[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + n]}
+        off += n
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+
+    def chunks():
+        yield struct.pack("<Q", len(h)) + h
+        for *_, parts in entries:
+            yield from parts()
+
+    _atomic_write(path, chunks())
+
+
+def _counter_tensors(counter) -> Dict[str, torch.Tensor]:
+    """What is saved of a counter: dense (``counts``, ...) or CSR (``indptr``, ``indices``, ``values``, ...)."""
+    if isinstance(counter, SparsePMICounter):
+        indptr, indices, values = counter.csr()
+        return {"indptr": indptr, "indices": indices, "values": values, "doc_freq": counter.doc_freq.clone(),
+                "class_docs": counter.class_docs.clone(),
+                "n_docs": torch.tensor(counter.n_docs, dtype=torch.int64)}
+    return {k: v.cpu().contiguous() for k, v in counter.state_dict().items()}
+
+
+def _check_count_tensors(t: Dict[str, torch.Tensor], where: str) -> None:
+    """Refuse saved counts whose shapes or values are inconsistent (they would give NaN scores or select
+    nothing): every tensor present, int64 (indices int32), shapes that agree, 0 <= counts <= n(t) <= N,
+    N_c <= N."""
+    sparse = "indptr" in t
+    need = ("indptr", "indices", "values", "doc_freq", "class_docs", "n_docs") if sparse else (
+        "counts", "doc_freq", "class_docs", "n_docs")
+    missing = [k for k in need if k not in t]
+    if missing:
+        raise ValueError(f"{where}: missing tensor(s) {missing}")
+    for k in need:
+        want = (torch.int32, torch.int64) if k == "indices" else (torch.int64,)
+        if t[k].dtype not in want:
+            raise ValueError(f"{where}: {k} has dtype {t[k].dtype}, expected {want[-1]}")
+    df, cd, n = t["doc_freq"], t["class_docs"], t["n_docs"]
+    if n.dim() != 0 or df.dim() != 1 or cd.dim() != 1 or df.numel() == 0 or cd.numel() == 0:
+        raise ValueError(f"{where}: n_docs must be a scalar, doc_freq [V] and class_docs [C] non-empty vectors "
+                         f"(got shapes {tuple(n.shape)}, {tuple(df.shape)}, {tuple(cd.shape)})")
+    N, V, C = int(n), df.numel(), cd.numel()
+    if N < 0:
+        raise ValueError(f"{where}: n_docs is negative ({N})")
+    if bool((cd < 0).any()) or bool((cd > N).any()):
+        raise ValueError(f"{where}: class_docs must lie in [0, n_docs={N}] (found {int(cd.min())}..{int(cd.max())})")
+    if bool((df < 0).any()) or bool((df > N).any()):
+        raise ValueError(f"{where}: doc_freq must lie in [0, n_docs={N}]")
+    if sparse:
+        ip, ix, val = t["indptr"], t["indices"], t["values"]
+        if ip.dim() != 1 or ip.numel() != C + 1 or ix.dim() != 1 or val.shape != ix.shape:
+            raise ValueError(f"{where}: CSR shapes disagree (indptr {tuple(ip.shape)} for {C} classes, indices "
+                             f"{tuple(ix.shape)}, values {tuple(val.shape)})")
+        if int(ip[0]) != 0 or int(ip[-1]) != ix.numel() or bool((ip.diff() < 0).any()):
+            raise ValueError(f"{where}: indptr is not a valid row pointer array over {ix.numel()} entries")
+        if ix.numel():
+            if int(ix.min()) < 0 or int(ix.max()) >= V:
+                raise ValueError(f"{where}: token indices outside [0, {V})")
+            rows = torch.repeat_interleave(torch.arange(C), ip.diff())
+            key = rows * V + ix.long()
+            if bool((key.diff() <= 0).any()):
+                raise ValueError(f"{where}: token indices are not sorted and unique within each row")
+            if bool((val < 1).any()):
+                raise ValueError(f"{where}: stored counts must be >= 1")
+            if bool((val > df[ix.long()]).any()) or bool((val > cd[rows]).any()):
+                raise ValueError(f"{where}: a class-token count exceeds its token's or its class's documents")
+    else:
+        cnt = t["counts"]
+        if cnt.dim() != 2 or cnt.shape != (C, V):
+            raise ValueError(f"{where}: counts have shape {tuple(cnt.shape)}, expected ({C}, {V}) from "
+                             "class_docs and doc_freq")
+        if bool((cnt < 0).any()) or bool((cnt > df.unsqueeze(0)).any()) or bool((cnt > cd.unsqueeze(1)).any()):
+            raise ValueError(f"{where}: a class-token count is negative or exceeds its token's or its class's "
+                             "documents")
+
+
+def _counter_from_tensors(t: Dict[str, torch.Tensor], device, where: str = "the counts"):
+    _check_count_tensors(t, where)
+    if "indptr" in t:
+        return SparsePMICounter.from_csr(t["indptr"], t["indices"], t["values"], t["doc_freq"], t["class_docs"],
+                                         int(t["n_docs"]))
+    return PMICounter.from_state_dict(t, device)
+
+
+def _to_sparse(counter: PMICounter) -> SparsePMICounter:
+    out = SparsePMICounter(counter.num_tokens, counter.num_classes, counter.device)
+    flat = counter.counts.reshape(-1)
+    nz = flat.nonzero().squeeze(1)
+    out.add_pairs(nz.cpu(), flat[nz].cpu(), counter.doc_freq, counter.class_docs, counter.n_docs)
+    return out.flush()
+
+
 # ---- counting -------------------------------------------------------------------------------------------
-def _with_classes(counter: PMICounter, C: int) -> PMICounter:
+def _with_classes(counter, C: int):
     """``counter`` grown to ``C`` classes (a newly seen class gets a zero row)."""
+    if isinstance(counter, SparsePMICounter):
+        return counter.add_classes(C)
     out = PMICounter(counter.num_tokens, C, counter.device)
     out.counts[: counter.num_classes] = counter.counts
     out.class_docs[: counter.num_classes] = counter.class_docs
@@ -392,8 +560,53 @@ def _with_classes(counter: PMICounter, C: int) -> PMICounter:
     return out
 
 
-def _reordered(counter: PMICounter, names: Sequence[str], final: Sequence[str]) -> PMICounter:
+def _check_counted_regions(shards, mine, cur, done_hashes, prefix) -> None:
+    """Refuse to resume when a region a checkpoint already counted has changed since (finished shards:
+    their whole content; the current one: its prefix up to where counting had read)."""
+    for i, want in done_hashes.items():
+        sh = shards[int(i)]
+        if stream.PrefixHasher(sh).upto(os.path.getsize(sh)) != want:
+            raise ValueError(f"{sh} changed since the checkpoint (it was counted already); start afresh "
+                             "(--no-resume) or restore the file")
+    if prefix and cur < len(mine):
+        sh = shards[mine[cur]]
+        if prefix["bytes"] > os.path.getsize(sh) or stream.PrefixHasher(sh).upto(prefix["bytes"]) != prefix[
+                "blake2b"]:
+            raise ValueError(f"{sh} changed since the checkpoint in its first {prefix['bytes']:,} bytes, which "
+                             "were counted already; start afresh (--no-resume) or restore the file")
+
+
+def _gather_sparse(counter: SparsePMICounter, dist, world: int) -> SparsePMICounter:
+    """Exact sum of every rank's sparse counts, on every rank: the pairs of each range of classes are
+    all-gathered and merged by key, one range at a time (temporary memory: one range from every rank).
+    ``doc_freq`` and ``class_docs`` are this rank's (the caller all-reduces them)."""
+    C, V = counter.num_classes, counter.num_tokens
+    out = SparsePMICounter(V, C, counter.device)
+    w = out.BUCKET
+    for k in range((C + w - 1) // w):
+        rows = [counter.row_sparse(c) for c in range(k * w, min(C, k * w + w))]
+        keys = torch.cat([t.long() + (k * w + i) * V for i, (t, _) in enumerate(rows)])
+        vals = torch.cat([v for _, v in rows])
+        every: List[Any] = [None] * world
+        dist.all_gather_object(every, (keys.numpy(), vals.numpy()))
+        keys = np.concatenate([a for a, _ in every])
+        vals = np.concatenate([b for _, b in every])
+        del every
+        order = np.argsort(keys, kind="stable")  # (sorted runs, one per rank)
+        out._merge_sorted(keys[order], vals[order])
+    out.doc_freq = counter.doc_freq.clone()
+    out._class_docs = counter.class_docs.clone()
+    out.n_docs = counter.n_docs
+    return out
+
+
+def _reordered(counter, names: Sequence[str], final: Sequence[str]):
     """Rows of ``counter`` (classes ``names``, in discovery order) placed at their positions in ``final``."""
+    if isinstance(counter, SparsePMICounter):
+        counter.add_classes(len(final))
+        have = list(names) + [n for n in final if n not in set(names)]
+        pos = {n: i for i, n in enumerate(have)}
+        return counter.reorder([pos[n] for n in final])
     out = PMICounter(counter.num_tokens, len(final), counter.device)
     if names:
         rows = torch.tensor([list(final).index(n) for n in names], device=counter.device)
@@ -448,6 +661,7 @@ def count_corpus(
     mp_context: Optional[str] = None,
     count_in: str = "auto",
     check_labels: Optional[Callable[[List[str]], None]] = None,
+    counts_format: str = "auto",
 ) -> CorpusCounts:
     """Stream ``path`` and count, per class and token, the documents containing the token.
 
@@ -470,6 +684,11 @@ def count_corpus(
         check_labels: called with the class names once known (e.g. to reject an unknown target
             class): before counting when ``label_names`` is given, else after counting, once a final
             checkpoint is written, so that a corrected re-run resumes at the end instead of recounting.
+        counts_format: ``"dense"`` (``[C, V]`` int64: fastest while it fits), ``"sparse"``
+            (:class:`~steu_ext.ops.sparse_doc_counts.SparsePMICounter`: memory grows with the nonzero
+            class-token pairs; for ICD-sized label sets and LLM vocabularies) or ``"auto"``: dense while
+            ``C x V x 8`` bytes stay under :data:`DENSE_MAX_BYTES`, else sparse (switching when discovered
+            classes push it over). Both give identical counts; the summary says which ran.
     Under torch.distributed every rank must call this with the same arguments; all get the reduced counts.
     """
     if unknown_labels not in ("error", "skip"):
@@ -482,14 +701,28 @@ def count_corpus(
         raise ValueError(f"workers must be >= 0, got {workers}")
     if count_in not in ("auto", "main", "workers"):
         raise ValueError(f"count_in must be 'auto', 'main' or 'workers', got {count_in!r}")
+    if counts_format not in ("auto", "dense", "sparse"):
+        raise ValueError(f"counts_format must be 'auto', 'dense' or 'sparse', got {counts_format!r}")
     t_start = time.perf_counter()
-    fingerprint = stream.input_fingerprint(path)  # also: the file exists
-    stream.detect_format(path, fmt)
+    # Inputs: one file, or shards (a folder, a glob, an HF datasets folder). With at least as many shards
+    # as ranks, rank r reads whole shards r, r + world, ...; otherwise every rank reads its blocks of
+    # every shard. Either way the assignment depends only on the sorted shard list and the world size.
+    path = os.fspath(path)
+    shards = stream.resolve_shards(path)
+    for sh in shards:
+        stream.detect_format(sh, fmt)
+    single = len(shards) == 1 and os.path.isfile(path) and shards[0] == path
+    prints = [stream.input_fingerprint(sh) for sh in shards]
+    fingerprint = prints[0] if single else {
+        "path": os.path.abspath(path), "size": sum(f["size"] for f in prints), "shards": prints}
     tok_json = _tokenizer_json(tokenizer)
     ident = tokenizer_identity(tokenizer, tok_json)
     direction = getattr(tokenizer, "truncation_side", "right")
     dist = _dist()
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
+    whole = not single and len(shards) >= world
+    mine = [i for i in range(len(shards)) if i % world == rank] if whole else list(range(len(shards)))
+    sub_rank, sub_world = (0, 1) if whole else (rank, world)
 
     # Classes: fixed by label_names (then other labels are unknown), or discovered while reading (no extra
     # pass over the file) and put in sorted order at the end.
@@ -500,7 +733,12 @@ def count_corpus(
     index = {n: i for i, n in enumerate(names)}
     V = len(tokenizer)
     device = torch.device(device if device is not None else "cpu")
-    counter = PMICounter(V, max(len(names), 1), device)
+
+    def wants_sparse(C: int) -> bool:
+        return counts_format == "sparse" or (counts_format == "auto" and C * V * 8 > DENSE_MAX_BYTES)
+
+    C0 = max(len(names), 1)
+    counter = SparsePMICounter(V, C0, device) if wants_sparse(C0) else PMICounter(V, C0, device)
 
     run = {
         "input": fingerprint,
@@ -523,11 +761,14 @@ def count_corpus(
     start, n_tokens, n_seen, n_skipped = 0, 0, 0, 0
     skipped: List[Dict[str, Any]] = []
     last_end = 0
+    # where this rank is: shard mine[cur] from record next_index; hashes of the counted regions
+    cur, last_pos = 0, 0
+    done_hashes: Dict[str, str] = {}
     if ckpt is not None and resume:
         loaded = ckpt.load()
         if loaded is not None:
             tensors, st = loaded
-            counter = PMICounter.from_state_dict(tensors, device)
+            counter = _counter_from_tensors(tensors, device, f"the checkpoint in {checkpoint_dir}")
             start, n_tokens, n_seen, n_skipped = (
                 st["next_index"],
                 st["n_tokens"],
@@ -536,6 +777,9 @@ def count_corpus(
             )
             skipped, names = st["skipped"], st["names"]
             index = {n: i for i, n in enumerate(names)}
+            cur, done_hashes = st.get("shard", 0), st.get("done_hashes", {})
+            _check_counted_regions(shards, mine, cur, done_hashes, st.get("prefix"))
+            last_pos = (st.get("prefix") or {}).get("bytes", 0)
             log.warning(
                 "rank %d: resuming from record %d (%d documents already counted)", rank, start, counter.n_docs
             )
@@ -545,7 +789,7 @@ def count_corpus(
         from tqdm.auto import tqdm
 
         bar = tqdm(
-            total=fingerprint["size"],
+            total=sum(prints[i]["size"] for i in mine),
             unit="B",
             unit_scale=True,
             dynamic_ncols=True,
@@ -560,6 +804,7 @@ def count_corpus(
         nonlocal n_skipped
         good = []
         bad = list(block.skipped)
+        where = "" if single else f"{os.path.basename(shards[mine[block.shard]])}: "
         for r in block.records:
             ys = [index.get(v) for v in r.labels]
             if None in ys and not fixed:  # a new class
@@ -572,7 +817,7 @@ def count_corpus(
                 unknown = [v for v, y in zip(r.labels, ys) if y is None]
                 if unknown_labels == "error":
                     raise ValueError(
-                        f"{path}: line {r.line}: unknown label(s) {unknown}; the classes are {names} "
+                        f"{path}: {where}line {r.line}: unknown label(s) {unknown}; the classes are {names} "
                         "(skip such records with unknown_labels='skip' / --unknown-labels skip)"
                     )
                 bad.append(stream.Skipped(r.index, r.line, f"unknown label(s) {unknown}"))
@@ -580,18 +825,28 @@ def count_corpus(
             good.append((ys, r))
         if bad and on_malformed == "error":
             b = min(bad, key=lambda s: s.index)
-            raise ValueError(f"{path}: line {b.line}: {b.reason}")
+            raise ValueError(f"{path}: {where}line {b.line}: {b.reason}")
         bad.sort(key=lambda s: s.index)
         n_skipped += len(bad)
         room = MAX_LISTED_SKIPS - len(skipped)
-        skipped.extend({"line": s.line, "reason": s.reason} for s in bad[: max(room, 0)])
+        extra = {} if single else {"file": os.path.basename(shards[mine[block.shard]])}
+        skipped.extend({**extra, "line": s.line, "reason": s.reason} for s in bad[: max(room, 0)])
         return good
 
     def count(block: stream.Block, good, result) -> None:
         """Add a finished block to the counts (in file order), then report progress and checkpoint."""
-        nonlocal n_tokens, n_seen, counter, last_end
-        last_end = block.end
+        nonlocal n_tokens, n_seen, counter, last_end, cur, last_pos
+        if block.number < 0:  # end of a shard
+            if not single:
+                h = hashers.pop(block.shard, None) or stream.PrefixHasher(shards[mine[block.shard]])
+                done_hashes[str(mine[block.shard])] = h.upto(block.pos)
+                cur, last_end, last_pos = block.shard + 1, 0, 0
+            return
+        last_end, cur, last_pos = block.end, block.shard, block.pos
         if len(names) > counter.num_classes:
+            if isinstance(counter, PMICounter) and wants_sparse(len(names)):
+                counter = _to_sparse(counter)
+                log.info("%d classes x %d tokens: switching to sparse counts", len(names), V)
             counter = _with_classes(counter, len(names))
         if good and on_device:  # token ids came back: count here, on the device
             flat, lengths, rows, cols = result
@@ -607,7 +862,7 @@ def count_corpus(
             n_tokens += result["n_tokens"]
         n_seen += len(block.records) + len(block.skipped)
         if bar is not None:
-            bar.update(block.pos - bar.n)
+            bar.update(bytes_before[block.shard] + block.pos - bar.n)
             el = time.perf_counter() - t_bar
             bar.set_postfix_str(
                 f"{(counter.n_docs - docs_at_start) / el:,.0f} docs/s, "
@@ -623,8 +878,19 @@ def count_corpus(
         rows = np.repeat(np.arange(len(good)), [len(ys) for ys, _ in good])
         return texts, rows, cols, len(names)
 
+    hashers: Dict[int, stream.PrefixHasher] = {}
+    bytes_before = [0] * (len(mine) + 1)
+    for j, i in enumerate(mine):
+        bytes_before[j + 1] = bytes_before[j] + prints[i]["size"]
+
     def state(next_index: int) -> Dict[str, Any]:
+        h = hashers.setdefault(cur, stream.PrefixHasher(shards[mine[cur]])) if cur < len(mine) else None
         return {
+            "shard": cur,
+            "progress": {os.path.basename(shards[mine[j]]): (next_index if j == cur else "done")
+                         for j in range(min(cur + 1, len(mine)))},
+            "prefix": None if h is None else {"bytes": last_pos, "blake2b": h.upto(last_pos)},
+            "done_hashes": dict(done_hashes),
             "next_index": next_index,
             "n_tokens": n_tokens,
             "n_records": n_seen,
@@ -633,17 +899,19 @@ def count_corpus(
             "names": names,
         }
 
-    blocks = stream.iter_blocks(
-        path,
-        text_column,
-        label_column,
-        label_sep=label_sep,
-        fmt=fmt,
-        block_size=block_size,
-        rank=rank,
-        world_size=world,
-        start=start,
-    )
+    def all_blocks(first: int):  # (count() moves `cur` on while this runs)
+        for j in range(first, len(mine)):
+            sh = shards[mine[j]]
+            for b in stream.iter_blocks(sh, text_column, label_column, label_sep=label_sep, fmt=fmt,
+                                        block_size=block_size, rank=sub_rank, world_size=sub_world,
+                                        start=start if j == first else 0):
+                b.shard = j
+                yield b
+            end = stream.Block(-1, 0, 0, pos=prints[mine[j]]["size"])
+            end.shard = j
+            yield end
+
+    blocks = all_blocks(cur)
     t_count = 0.0
     pool = None
     # Where counting happens: on a GPU, the main process counts padded batches there (the workers only
@@ -664,7 +932,8 @@ def count_corpus(
                     result = (
                         (*_encode(texts, enc), rows, cols)
                         if on_device
-                        else _tokenize_and_count(texts, rows, cols, C, enc, V)
+                        else _tokenize_and_count(texts, rows, cols, C, enc, V,
+                                                 isinstance(counter, SparsePMICounter))
                     )
                 t = time.perf_counter()
                 count(block, good, result)
@@ -695,7 +964,8 @@ def count_corpus(
                     job = (
                         pool.apply_async(_encode, (texts,))
                         if on_device
-                        else pool.apply_async(_tokenize_and_count, (texts, rows, cols, C))
+                        else pool.apply_async(_tokenize_and_count, (texts, rows, cols, C, None, None,
+                                                                    isinstance(counter, SparsePMICounter)))
                     )
                 inflight.append((block, good, job, rows, cols))
                 while len(inflight) >= max_inflight:
@@ -703,7 +973,7 @@ def count_corpus(
             while inflight:
                 finish_oldest()
         if ckpt is not None:  # a final checkpoint: a failure from here on costs no recounting
-            ckpt.save(counter, state(max(start, last_end)))
+            ckpt.save(counter, state(max(start, last_end) if single else 0))
     finally:
         torch.set_num_threads(threads)
         if pool is not None:
@@ -740,7 +1010,11 @@ def count_corpus(
             else counter.device
         )
         scal = torch.tensor([counter.n_docs, n_tokens, n_seen, n_skipped], dtype=torch.int64)
-        parts = [counter.counts, counter.doc_freq, counter.class_docs, scal]
+        sparse = isinstance(counter, SparsePMICounter)
+        if sparse:
+            counter = _gather_sparse(counter, dist, world)
+        parts = [counter.counts] if not sparse else []
+        parts += [counter.doc_freq, counter.class_docs, scal]
         for t in parts:
             buf = t.to(red_dev)
             dist.all_reduce(buf)
@@ -748,7 +1022,7 @@ def count_corpus(
         counter.n_docs, n_tokens, n_seen, n_skipped = (int(x) for x in scal.tolist())
         every = [None] * world
         dist.all_gather_object(every, skipped)
-        skipped = sorted((s for part in every for s in part), key=lambda s: s["line"])[:MAX_LISTED_SKIPS]
+        skipped = sorted((s for part in every for s in part), key=lambda s: (s.get("file", ""), s["line"]))[:MAX_LISTED_SKIPS]
     if counter.n_docs == 0:
         raise ValueError(
             f"{path}: no document was counted ({n_skipped} records skipped"
@@ -784,12 +1058,10 @@ def count_corpus(
 # ---- outputs --------------------------------------------------------------------------------------------
 def save_counts(cc: CorpusCounts, out_dir: str) -> str:
     """Write ``counts.safetensors`` (the counter's state plus identity metadata) into ``out_dir``."""
-    from safetensors.torch import save
-
     os.makedirs(out_dir, exist_ok=True)
-    tensors = {k: v.cpu().contiguous() for k, v in cc.counter.state_dict().items()}
     meta = {
         "format": COUNTS_FORMAT,
+        "layout": "csr" if isinstance(cc.counter, SparsePMICounter) else "dense",
         "label_names": json.dumps(cc.label_names),
         "tokenizer": json.dumps(cc.tokenizer),
         "max_length": str(cc.max_length),
@@ -798,7 +1070,7 @@ def save_counts(cc: CorpusCounts, out_dir: str) -> str:
         "n_records": str(cc.n_records),
     }
     path = os.path.join(out_dir, COUNTS_FILE)
-    _atomic_write(path, save(tensors, metadata=meta))
+    _write_counts(path, cc.counter, meta)
     return path
 
 
@@ -818,7 +1090,7 @@ def load_counts(path: str, tokenizer=None, device: Union[str, torch.device] = "c
     ident = json.loads(meta["tokenizer"])
     if tokenizer is not None:
         check_tokenizer(ident, tokenizer, where=f"the counts in {path}")
-    counter = PMICounter.from_state_dict(tensors, device)
+    counter = _counter_from_tensors(tensors, device, file)
     names = json.loads(meta["label_names"])
     if len(names) != counter.num_classes:
         raise ValueError(f"{file}: {len(names)} label names for {counter.num_classes} count rows")
@@ -831,6 +1103,46 @@ def load_counts(path: str, tokenizer=None, device: Union[str, torch.device] = "c
         int(meta.get("n_records", 0)),
         int(meta.get("n_tokens", 0)),
     )
+
+
+def load_class_counts(path: str, target: Union[int, str], tokenizer=None) -> Dict[str, Any]:
+    """One class's counts from saved counts, reading only that row (and ``doc_freq``) of a sparse (CSR)
+    file: ``{"label", "index", "counts" (int64 [V]), "doc_freq", "n_docs", "class_docs" (int)}``. What
+    :func:`~steu_ext.ops.pmi.pmi_scores` needs for one target, without loading ``C x V``."""
+    from safetensors import safe_open
+
+    from ..methods.steu import resolve_target
+
+    file = os.path.join(path, COUNTS_FILE) if os.path.isdir(path) else path
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"no saved counts at {path} (expected {COUNTS_FILE} from `steu pmi`)")
+    with safe_open(file, "pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != COUNTS_FORMAT:
+            raise ValueError(f"{file} is not a counts file written by `steu pmi`")
+        if tokenizer is not None:
+            check_tokenizer(json.loads(meta["tokenizer"]), tokenizer, where=f"the counts in {path}")
+        names = json.loads(meta["label_names"])
+        c = resolve_target(target, names)
+        df, cd, n = f.get_tensor("doc_freq"), f.get_tensor("class_docs"), int(f.get_tensor("n_docs"))
+        if cd.shape != (len(names),) or n < 0 or not 0 <= int(cd[c]) <= n:
+            raise ValueError(f"{file}: inconsistent counts (class_docs {tuple(cd.shape)} for {len(names)} "
+                             f"classes, n_docs {n})")
+        row = torch.zeros(df.shape[0], dtype=torch.int64)
+        if "indptr" in f.keys():
+            ip = f.get_slice("indptr")[c: c + 2]
+            s, e = int(ip[0]), int(ip[1])
+            if e > s:
+                idx = f.get_slice("indices")[s:e].long()
+                if int(idx.min()) < 0 or int(idx.max()) >= df.shape[0]:
+                    raise ValueError(f"{file}: token indices outside the vocabulary")
+                row[idx] = f.get_slice("values")[s:e]
+        else:
+            row = f.get_slice("counts")[c: c + 1].reshape(-1)
+    if bool((row < 0).any()) or bool((row > df).any()) or bool((row > int(cd[c])).any()):
+        raise ValueError(f"{file}: class {names[c]!r} has counts outside [0, its documents]")
+    return {"label": names[c], "index": c, "counts": row, "doc_freq": df, "n_docs": n,
+            "class_docs": int(cd[c])}
 
 
 def top_token_tables(
@@ -858,13 +1170,14 @@ def top_token_tables(
             continue
         scores = counter.scores(t, measure=measure, alpha=alpha, min_count=min_count)
         ids = select_top_k(scores, k, exclude_ids=special)
+        row = counter.counts[t]  # one dense row (a sparse counter expands only this class)
         tables[cc.label_names[t]] = [
             {
                 "rank": r + 1,
                 "id": int(i),
                 "token": tokenizer.convert_ids_to_tokens(int(i)),
                 "score": float(scores[i]),
-                "docs_in_class": int(counter.counts[t, i]),
+                "docs_in_class": int(row[i]),
                 "docs": int(counter.doc_freq[i]),
             }
             for r, i in enumerate(ids)

@@ -28,6 +28,8 @@ __all__ = [
     "iter_records",
     "iter_blocks",
     "input_fingerprint",
+    "PrefixHasher",
+    "resolve_shards",
     "label_sort_key",
     "parse_label_cell",
 ]
@@ -39,6 +41,7 @@ FORMATS = {
     ".json": "jsonl",
     ".ndjson": "jsonl",
     ".parquet": "parquet",
+    ".arrow": "arrow",
 }
 
 
@@ -76,8 +79,8 @@ def detect_format(path: str, fmt: Optional[str] = None) -> Tuple[str, bool]:
     if gz:
         name = name[:-3]
     if fmt is not None:
-        if fmt not in ("csv", "tsv", "jsonl", "parquet"):
-            raise ValueError(f"unknown input format {fmt!r}; use csv, tsv, jsonl or parquet")
+        if fmt not in ("csv", "tsv", "jsonl", "parquet", "arrow"):
+            raise ValueError(f"unknown input format {fmt!r}; use csv, tsv, jsonl, parquet or arrow")
         return fmt, gz
     ext = os.path.splitext(name)[1]
     if ext not in FORMATS:
@@ -262,6 +265,105 @@ def _parquet_records(path, gz, text_column, label_column, label_sep, start, want
                 yield _make(i, i + 1, t, c, label_sep)
 
 
+def _class_label_names(folder: str, column: str) -> Optional[List[str]]:
+    """The names of an HF ``datasets`` ClassLabel column (or a sequence of them) from the folder's
+    ``dataset_info.json``, else None (labels are then read as they are stored)."""
+    try:
+        with open(os.path.join(folder, "dataset_info.json")) as f:
+            feat = json.load(f).get("features", {}).get(column)
+    except (OSError, ValueError):
+        return None
+    for _ in range(3):  # ClassLabel, Sequence(ClassLabel), List(ClassLabel)
+        if not isinstance(feat, dict):
+            return None
+        if feat.get("_type") == "ClassLabel" and isinstance(feat.get("names"), list):
+            return [str(n) for n in feat["names"]]
+        feat = feat.get("feature")
+    return None
+
+
+def _arrow_records(path, text_column, label_column, label_sep, start, want, where):
+    """An Arrow IPC stream file as written by HF ``datasets.save_to_disk`` (memory-mapped, read batch by
+    batch, nothing copied or cached); ClassLabel ids become their names."""
+    import pyarrow as pa
+
+    try:
+        src = pa.memory_map(path, "r")
+        try:
+            reader = pa.ipc.open_stream(src)
+        except pa.ArrowInvalid:
+            reader = pa.ipc.open_file(src)
+            reader = iter(reader.get_batch(i) for i in range(reader.num_record_batches))
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise ValueError(f"{path} is not a readable Arrow file ({e})") from None
+    names = _class_label_names(os.path.dirname(path), label_column)
+    index = 0
+    if where is not None:
+        where[0] = src.tell
+    for batch in reader:
+        cols = batch.schema.names
+        missing = [c for c in (text_column, label_column) if c not in cols]
+        if missing:
+            raise ValueError(f"{path} has no column(s) {missing}; its columns are {cols}")
+        n = batch.num_rows
+        mine = [i for i in range(index, index + n) if i >= start and (want is None or want(i))]
+        first, index = index, index + n
+        if not mine:
+            continue
+        if len(mine) < n:
+            batch = batch.take(pa.array([i - first for i in mine], type=pa.int64()))
+        texts = batch.column(text_column).to_pylist()
+        cells = batch.column(label_column).to_pylist()
+        for i, t, c in zip(mine, texts, cells):
+            if names is not None and c is not None:
+                try:
+                    c = [names[v] for v in c] if isinstance(c, list) else names[c]
+                except (IndexError, TypeError):
+                    yield Skipped(i, i + 1, f"label id {c!r} is not a class of the dataset")
+                    continue
+            yield _make(i, i + 1, t, c, label_sep)
+
+
+def resolve_shards(data: str) -> List[str]:
+    """The input files of ``data``: one file; a folder (an HF ``datasets`` folder written by
+    ``save_to_disk``: its Arrow files in order; else every csv/tsv/jsonl/parquet/arrow file in it, plain
+    or .gz, sorted by name); or a glob pattern (sorted). Raises ``ValueError`` when nothing matches."""
+    import glob
+
+    data = os.fspath(data)
+    if any(ch in data for ch in "*?[") and not os.path.exists(data):
+        files = sorted(f for f in glob.glob(data) if os.path.isfile(f))
+        if not files:
+            raise ValueError(f"no file matches {data!r}")
+        return files
+    if not os.path.exists(data):
+        raise FileNotFoundError(f"data file not found: {data}")
+    if not os.path.isdir(data):
+        return [data]
+    state = os.path.join(data, "state.json")
+    if os.path.isfile(state):
+        try:
+            with open(state) as f:
+                files = [os.path.join(data, d["filename"]) for d in json.load(f)["_data_files"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{data}: unreadable HF datasets state.json ({e})") from None
+        if os.path.isfile(os.path.join(data, "dataset_dict.json")) or not files:
+            raise ValueError(f"{data} is a DatasetDict or empty; pass one split's folder")
+        return files
+    if os.path.isfile(os.path.join(data, "dataset_dict.json")):
+        raise ValueError(f"{data} is an HF DatasetDict folder; pass one split's folder (e.g. {data}/train)")
+
+    def known(name: str) -> bool:
+        n = name.lower()[:-3] if name.lower().endswith(".gz") else name.lower()
+        return os.path.splitext(n)[1] in FORMATS
+
+    files = sorted(os.path.join(data, f) for f in os.listdir(data)
+                   if known(f) and os.path.isfile(os.path.join(data, f)))
+    if not files:
+        raise ValueError(f"{data} holds no csv/tsv/jsonl/parquet/arrow file")
+    return files
+
+
 def iter_records(
     path: str,
     text_column: str = "text",
@@ -285,6 +387,10 @@ def iter_records(
         )
     if kind == "jsonl":
         return _jsonl_records(path, gz, text_column, label_column, label_sep, start, want, where)
+    if kind == "arrow":
+        if gz:
+            raise ValueError(f"{path}: gzipped Arrow files are not supported")
+        return _arrow_records(path, text_column, label_column, label_sep, start, want, where)
     return _parquet_records(path, gz, text_column, label_column, label_sep, start, want, where)
 
 
@@ -328,10 +434,12 @@ def iter_blocks(
 
 
 def input_fingerprint(path: str, samples: int = 16, sample_bytes: int = 1 << 16) -> dict:
-    """A quick identity of the input file (no full read): its size and a SHA-256 over its first and last
-    MiB and ``samples`` evenly spaced slices. Used to refuse resuming on a different or changed file."""
+    """A quick identity of the input file (no full read): its size, modification time and a SHA-256 over
+    its first and last MiB and ``samples`` evenly spaced slices. Used to refuse resuming on a different or
+    changed file (a checkpoint also keeps a hash of the prefix it counted: :func:`prefix_hash`)."""
     _check_exists(path)
-    size = os.path.getsize(path)
+    st = os.stat(path)
+    size = st.st_size
     h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
         head = 1 << 20
@@ -342,7 +450,30 @@ def input_fingerprint(path: str, samples: int = 16, sample_bytes: int = 1 << 16)
                 h.update(f.read(sample_bytes))
             f.seek(max(0, size - head))
             h.update(f.read(head))
-    return {"path": os.path.abspath(path), "size": size, "sample_sha256": h.hexdigest()}
+    return {"path": os.path.abspath(path), "size": size, "mtime_ns": st.st_mtime_ns,
+            "sample_sha256": h.hexdigest()}
+
+
+class PrefixHasher:
+    """BLAKE2b of a file's first ``n`` bytes, extended incrementally as ``n`` grows (each byte is read
+    once over a whole run): what a checkpoint records of the region it counted."""
+
+    def __init__(self, path: str):
+        self.path, self.n, self.h = path, 0, hashlib.blake2b(digest_size=20)
+
+    def upto(self, n: int) -> str:
+        if n > self.n:
+            with open(self.path, "rb") as f:
+                f.seek(self.n)
+                left = n - self.n
+                while left > 0:
+                    chunk = f.read(min(left, 1 << 22))
+                    if not chunk:
+                        break
+                    self.h.update(chunk)
+                    left -= len(chunk)
+                    self.n += len(chunk)
+        return self.h.hexdigest()
 
 
 def check_label_names(names: Sequence[str]) -> List[str]:

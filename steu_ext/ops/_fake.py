@@ -23,6 +23,12 @@ def register_fakes() -> None:
             return (ids.new_empty((C, num_tokens), dtype=torch.int64),
                     ids.new_empty((num_tokens,), dtype=torch.int64))
 
+        @torch.library.register_fake("steu_ext::sparse_doc_counts")
+        def _sparse_doc_counts(ids, mask, labels, num_tokens):
+            nnz = torch.library.get_ctx().new_dynamic_size()
+            return (ids.new_empty((nnz,), dtype=torch.int64), ids.new_empty((nnz,), dtype=torch.int64),
+                    ids.new_empty((num_tokens,), dtype=torch.int64))
+
         @torch.library.register_fake("steu_ext::row_adam_")
         def _row_adam(param, grad, rows, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay,
                       decoupled, maximize, grad_gathered):
