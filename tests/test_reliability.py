@@ -245,3 +245,153 @@ def test_apply_edit_cli_round_trip_marks_output(tmp_path):
     assert (tmp_path / "o" / MARKER).exists()
     assert main(["revert-edit", "--model", str(tmp_path / "o"), "--edit", str(tmp_path / "e.safetensors"),
                  "--out", str(tmp_path / "o"), "--overwrite"]) == EXIT_BAD_INPUT   # the output holds the input
+
+
+# ---- 3. RowSparseAdam ------------------------------------------------------------------------------------
+def _opt_setup():
+    from steu_ext.optim import RowSparseAdam
+
+    emb = torch.nn.Parameter(torch.randn(10, 4))
+    head = torch.nn.Parameter(torch.randn(3, 4))
+    rows = torch.tensor([1, 5, 7])
+    opt = RowSparseAdam([{"params": [emb], "rows": rows}, {"params": [head]}], lr=0.1)
+    return opt, emb, head, rows
+
+
+def _step(opt, emb, head):
+    emb.grad = torch.ones_like(emb)
+    head.grad = torch.ones_like(head)
+    opt.step()
+
+
+def test_row_adam_refuses_state_without_rows():
+    opt, emb, head, rows = _opt_setup()
+    _step(opt, emb, head)
+    adam = torch.optim.Adam([emb, head], lr=0.1)
+    emb.grad = torch.ones_like(emb)
+    head.grad = torch.ones_like(head)
+    adam.step()
+    sd = adam.state_dict()
+    sd["param_groups"] = [dict(sd["param_groups"][0], params=[0]), dict(sd["param_groups"][0], params=[1])]
+    sd["state"] = {0: sd["state"][0], 1: sd["state"][1]}
+    before = opt.state_dict()
+    with pytest.raises(ValueError, match="rows"):
+        opt.load_state_dict(sd)
+    _same_state(opt.state_dict(), before)
+    untouched = emb.detach().clone()
+    _step(opt, emb, head)                          # still row-sparse: only the 3 rows move
+    changed = (emb.detach() != untouched).any(1).nonzero().flatten()
+    assert changed.tolist() == rows.tolist()
+
+
+def _same_state(a, b):
+    assert len(a["param_groups"]) == len(b["param_groups"])
+    for ga, gb in zip(a["param_groups"], b["param_groups"]):
+        assert set(ga) == set(gb)
+        for k in ga:
+            if isinstance(ga[k], torch.Tensor):
+                assert torch.equal(ga[k], gb[k])
+            else:
+                assert ga[k] == gb[k]
+    assert set(a["state"]) == set(b["state"])
+    for k in a["state"]:
+        for n, t in a["state"][k].items():
+            assert torch.equal(t, b["state"][k][n])
+
+
+def test_row_adam_load_failure_leaves_optimizer_unchanged():
+    opt, emb, head, rows = _opt_setup()
+    _step(opt, emb, head)
+    before = opt.state_dict()
+    bad = opt.state_dict()
+    bad["param_groups"][0]["rows"] = torch.tensor([1, 5])          # moments are [3, D]
+    with pytest.raises(ValueError, match="does not match"):
+        opt.load_state_dict(bad)
+    _same_state(opt.state_dict(), before)
+    bad = opt.state_dict()
+    bad["param_groups"][0]["rows"] = torch.tensor([1, 5, 70])      # out of range
+    with pytest.raises(ValueError):
+        opt.load_state_dict(bad)
+    _same_state(opt.state_dict(), before)
+    bad = opt.state_dict()
+    del bad["state"][1]["exp_avg"]
+    with pytest.raises(ValueError, match="exp_avg"):
+        opt.load_state_dict(bad)
+    _same_state(opt.state_dict(), before)
+
+
+def test_row_adam_validates_groups_at_construction():
+    from steu_ext.optim import RowSparseAdam
+
+    emb = torch.nn.Parameter(torch.randn(10, 4))
+    with pytest.raises(TypeError, match="float64"):
+        RowSparseAdam([{"params": [emb], "rows": [1, 2]}, {"params": [torch.nn.Parameter(torch.randn(3).double())]}])
+    with pytest.raises(ValueError, match="contiguous"):
+        RowSparseAdam([torch.nn.Parameter(torch.randn(4, 3).t())])
+    opt = RowSparseAdam([{"params": [emb], "rows": [1, 2]}])
+    with pytest.raises(TypeError):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(3).double())]})
+    assert len(opt.param_groups) == 1                              # the bad group was not kept
+
+
+def test_row_adam_copies_callers_rows():
+    opt, emb, head, rows = _opt_setup()
+    rows[0] = 9                                                     # the caller reuses its tensor
+    untouched = emb.detach().clone()
+    _step(opt, emb, head)
+    changed = (emb.detach() != untouched).any(1).nonzero().flatten()
+    assert changed.tolist() == [1, 5, 7]
+
+
+def test_row_adam_bad_grad_is_refused_before_any_update():
+    opt, emb, head, rows = _opt_setup()
+    emb.grad = torch.ones_like(emb)
+    head.grad = torch.ones(3, 4).to_sparse()            # sparse grad in a dense group: refused
+    e0, h0 = emb.detach().clone(), head.detach().clone()
+    with pytest.raises(ValueError, match="sparse"):
+        opt.step()
+    assert torch.equal(emb, e0) and torch.equal(head, h0)   # the row group was not stepped first
+    assert not opt.state
+
+
+# ---- 8. row_adam_ / multi_adam_ step and gradient layout ---------------------------------------------------
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_step_zero_is_refused_by_every_backend(backend, force_backend):
+    from steu_ext import available_backends
+    from steu_ext.ops.row_adam import multi_adam_, row_adam_
+
+    why = available_backends("row_adam", "cpu").get(backend)
+    if why:
+        pytest.skip(why)
+    force_backend("row_adam", backend)
+    force_backend("multi_adam", backend)
+    p, g = torch.randn(6, 3), torch.randn(6, 3)
+    m, v = torch.zeros(2, 3), torch.zeros(2, 3)
+    p0 = p.clone()
+    with pytest.raises(ValueError, match="step must be >= 1"):
+        row_adam_(p, g, torch.tensor([1, 4]), m, v, torch.tensor(0.0), lr=0.1)
+    with pytest.raises(ValueError, match="step must be >= 1"):
+        multi_adam_([p], [g], [torch.zeros(6, 3)], [torch.zeros(6, 3)], [torch.tensor(0.0)], lr=0.1)
+    assert torch.equal(p, p0) and not m.any() and not v.any()
+
+
+def test_grad_layout_explicit_when_k_equals_v():
+    from steu_ext.ops.row_adam import row_adam_
+
+    V, D = 4, 2
+    rows = torch.tensor([3, 2, 1, 0])
+    g = torch.arange(V * D, dtype=torch.float32).reshape(V, D)
+    st = lambda: (torch.zeros(V, D), torch.zeros(V, D))  # noqa: E731
+    with pytest.raises(ValueError, match="grad_layout"):
+        row_adam_(torch.zeros(V, D), g, rows, *st(), torch.tensor(1.0), lr=0.1)
+    full, gath = torch.zeros(V, D), torch.zeros(V, D)
+    m1, v1 = st()
+    m2, v2 = st()
+    row_adam_(full, g, rows, m1, v1, torch.tensor(1.0), lr=0.1, grad_layout="full")
+    row_adam_(gath, g[rows], rows, m2, v2, torch.tensor(1.0), lr=0.1, grad_layout="gathered")
+    assert torch.equal(full, gath) and torch.equal(m1, m2)
+    with pytest.raises(ValueError, match="gathered grad must be"):
+        row_adam_(torch.zeros(6, D), torch.zeros(6, D), rows, *st(), torch.tensor(1.0), lr=0.1,
+                  grad_layout="gathered")
+    # the identity order is not ambiguous: no layout needed
+    row_adam_(torch.zeros(V, D), g, torch.arange(V), *st(), torch.tensor(1.0), lr=0.1)
