@@ -150,7 +150,10 @@ def cmd_demo(a) -> int:
     model = a.model or DEFAULT_MODEL
     if model == DEFAULT_MODEL and offline_minilm_path() is None:
         print(f"note: {DEFAULT_MODEL} is not installed; using a small randomly initialised BERT", file=sys.stderr)
-    target = a.target if a.target is not None else 0
+    from .methods._labels import resolve_target
+
+    # names before positions (classes named "1".."5"), ambiguity refused: resolved here, passed as a position
+    target = resolve_target(a.target, data.label_names) if a.target is not None else 0
     print(f"data: {source}: {len(data)} documents, classes {data.label_names}")
     with _output_dir(a.out, True, [a.data, a.model]) as tmp:
         report = run_experiment(data, target, model=model, out_dir=tmp, config=_config(a),
@@ -263,8 +266,8 @@ def cmd_pmi(a) -> int:
 
 
 def _encode_eval(tok, data, names, max_length):
+    from .methods._labels import label_matrix
     from .methods._model import Encoded
-    from .methods.steu import label_matrix
 
     return Encoded(tok, data.text, label_matrix(data.labels, len(names)), max_length)
 
@@ -308,8 +311,9 @@ def cmd_unlearn(a) -> int:
 
     from .eval.metrics import modified_parameters, snapshot
     from .eval.report import write_json
+    from .methods._labels import resolve_target
     from .methods._model import is_multi_label
-    from .methods.steu import resolve_target, unlearn
+    from .methods.steu import unlearn
 
     _check_out(a.out, a.overwrite, [a.data, a.eval_data, a.model, a.counts])
     data = _load_data(a)
@@ -362,9 +366,9 @@ def cmd_unlearn(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
+    from .methods._labels import resolve_target
     from .methods._model import is_multi_label
     from .methods.edit import STEUEdit
-    from .methods.steu import resolve_target
 
     data = _load_data(a)
     model, tok, names = _load_trained(a.model)
@@ -436,7 +440,10 @@ def cmd_compare(a) -> int:
               probe_fraction=a.probe_fraction if not a.no_probe else 0.0, max_train_docs=a.max_train_docs,
               cache_dir=a.cache_dir, top_layers=a.top_layers, progress=not a.quiet, probe=not a.no_probe,
               relearn=not a.no_relearn, inspect_edits=not a.no_inspect, probe_config=pcfg, relearn_config=rcfg)
-    target = a.target if a.target is not None else 0
+    from .methods._labels import resolve_target
+
+    # names before positions (classes named "1".."5"), ambiguity refused: resolved here, passed as a position
+    target = resolve_target(a.target, data.label_names) if a.target is not None else 0
     if seeds is not None:
         from .methods.compare import run_scorecard
 

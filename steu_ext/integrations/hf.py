@@ -82,9 +82,10 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..eval.metrics import per_class_f1, unlearning_f1
+from ..methods._labels import label_matrix, resolve_target
 from ..methods._model import Encoded, embedding_param_name, find_head, predict_logits, predictions
 from ..methods.edit import STEUEdit
-from ..methods.steu import STEUConfig, forget_loss, label_matrix, prepare, steu_param_groups, utility_loss
+from ..methods.steu import STEUConfig, forget_loss, prepare, steu_param_groups, utility_loss
 from ..optim import RowSparseAdam
 
 log = logging.getLogger("steu_ext")
@@ -401,6 +402,10 @@ class STEUTrainer(Trainer):
         self._check_args(args)
         cfg = copy.deepcopy(steu_config) if steu_config is not None else STEUConfig()
         names = list(label_names) if label_names is not None else _config_label_names(model)
+        # read labels and target strictly here (numpy/pandas/multi-hot rows as matrices, names before positions)
+        if labels is not None and encoded is None:
+            labels = label_matrix(labels, len(names))
+        target = resolve_target(target, names)
 
         # 1-3: validate, tokenize, split, count, score, select (the model is not touched)
         plan = prepare(model, tokenizer, texts, labels, target, config=cfg, label_names=names,
