@@ -83,3 +83,51 @@ def test_deeply_nested_jsonl_is_skipped_cleanly(tmp_path):
     out = _recs(p)
     assert isinstance(out[0], Skipped) and "nested too deeply" in out[0].reason
     assert isinstance(out[1], Record)
+
+
+# ---- the CLI's loader (unlearn/evaluate/demo --data): malformed files are exit 2 with the line ------------
+@pytest.mark.parametrize("content,match", [
+    (b'text,label\nok,a\n"unclosed,b\nmore,a\n', "line 3: unclosed quote"),
+    (b"text,label\nok,a\ncaf\xe9,b\n", "line 3: not valid UTF-8"),
+    (b"text,label\nok,a\ntoo,many,fields\n", "line 3: expected 2 fields"),
+])
+def test_loader_reports_malformed_csv_with_line(tmp_path, content, match):
+    from steu_ext.data.loaders import load_text_classification
+
+    p = tmp_path / "d.csv"
+    p.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        load_text_classification(str(p))
+
+
+def test_loader_reads_bom_csv(tmp_path):
+    from steu_ext.data.loaders import load_text_classification
+
+    p = tmp_path / "d.csv"
+    p.write_bytes(b"\xef\xbb\xbftext,label\nhello,a\nworld,b\n")
+    d = load_text_classification(str(p))
+    assert d.text == ["hello", "world"] and d.label_names == ["a", "b"]
+
+
+def test_cli_evaluate_malformed_csv_exit_2(tmp_path, capsys):
+    from steu_ext.cli import EXIT_BAD_INPUT, main
+
+    p = tmp_path / "d.csv"
+    p.write_bytes(b'text,label\nok,a\n"unclosed,b\nmore,a\n')
+    rc = main(["evaluate", "--data", str(p), "--model", str(tmp_path / "nomodel"), "--target", "a"])
+    err = capsys.readouterr().err.strip()
+    assert rc == EXIT_BAD_INPUT and "line 3: unclosed quote" in err and len(err.splitlines()) == 1
+
+
+def test_cli_pmi_cheap_checks_come_first(tmp_path, capsys):
+    from steu_ext.cli import EXIT_BAD_INPUT, main
+
+    p = tmp_path / "d.csv"
+    p.write_text("text,label\nok,a\n")
+    for args, msg in ((["--k", "-5"], "--k must be >= 1"), (["--device", "bogus"], "is not a device"),
+                      (["--device", "cuda:7"], "CUDA"), (["--model", "./no/such/model"], "not found")):
+        argv = ["pmi", "--data", str(p), "--model", "./no/such/model", "--out", str(tmp_path / "o")] + args
+        assert main(argv) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()

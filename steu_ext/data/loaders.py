@@ -35,14 +35,38 @@ def _read_table(path: str, columns: Sequence[str]) -> Dict[str, list]:
         ext = Path(path[:-3]).suffix.lower()
     if ext not in _FORMATS:
         raise ValueError(f"unsupported data file type {ext!r} ({path}); use CSV, TSV, JSONL or parquet")
+    if ext in (".csv", ".tsv", ".jsonl"):   # (a .json file may be one JSON array: datasets reads it)
+        _check_structure(path, columns)
     from datasets import load_dataset
 
     kw = {"delimiter": "\t"} if ext == ".tsv" else {}
-    ds = load_dataset(_FORMATS[ext], data_files=path, split="train", **kw)
+    try:
+        ds = load_dataset(_FORMATS[ext], data_files=path, split="train", **kw)
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as e:  # noqa: BLE001 - datasets wraps parser errors in DatasetGenerationError
+        cause = e.__cause__ or e.__context__ or e
+        raise ValueError(f"{path}: cannot read the file ({type(cause).__name__}: "
+                         f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''})") from None
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
         raise ValueError(f"{path} has no column(s) {missing}; its columns are {ds.column_names}")
     return {c: ds[c] for c in columns}
+
+
+_TOLERATED = ("empty text", "no label", "empty line", "text is a", "no field(s)")
+
+
+def _check_structure(path: str, columns: Sequence[str]) -> None:
+    """Read the file once with the streaming reader so that a structural problem (an unclosed quote, a
+    wrong field count, bytes that are not UTF-8, invalid JSON, an endless line) is a ``ValueError`` with
+    its line number before anything else reads it. Empty texts and missing labels are left to the caller."""
+    from .stream import Skipped, iter_records
+
+    text_column, label_column = columns[0], columns[-1]
+    for r in iter_records(path, text_column, label_column):
+        if isinstance(r, Skipped) and not r.reason.startswith(_TOLERATED):
+            raise ValueError(f"{path}: line {r.line}: {r.reason}")
 
 
 def load_text_classification(path: str, text_column: str = "text", label_column: str = "label",
