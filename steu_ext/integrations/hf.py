@@ -441,9 +441,10 @@ class STEUTrainer(Trainer):
         cfg = copy.deepcopy(steu_config) if steu_config is not None else STEUConfig()
         names = list(label_names) if label_names is not None else _config_label_names(model)
         # read labels and target strictly here (numpy/pandas/multi-hot rows as matrices, names before positions)
+        known = names if names is not None else [str(i) for i in range(model.config.num_labels)]
         if labels is not None and encoded is None:
-            labels = label_matrix(labels, len(names))
-        target = resolve_target(target, names)
+            labels = label_matrix(labels, len(known))
+        target = resolve_target(target, known)
 
         # 1-3: validate, tokenize, split, count, score, select (the model is not touched)
         plan = prepare(model, tokenizer, texts, labels, target, config=cfg, label_names=names,
