@@ -395,3 +395,71 @@ def test_grad_layout_explicit_when_k_equals_v():
                   grad_layout="gathered")
     # the identity order is not ambiguous: no layout needed
     row_adam_(torch.zeros(V, D), g, torch.arange(V), *st(), torch.tensor(1.0), lr=0.1)
+
+
+# ---- exit codes and messages ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("ext,text", [(".json", '{"concepts": ' + "[" * 100000 + "]" * 100000 + "}"),
+                                      (".yaml", "concepts: " + "[" * 100000 + "]" * 100000 + "\n")])
+def test_deeply_nested_hierarchy_is_a_value_error(tmp_path, ext, text):
+    from steu_ext.data.concepts import load_hierarchy
+
+    p = tmp_path / f"h{ext}"
+    p.write_text(text)
+    with pytest.raises(ValueError, match="nested too deeply|cannot parse"):
+        load_hierarchy(p)
+
+
+def test_full_output_folder_is_exit_2_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    _tiny_edit_files(tmp_path)
+    from steu_ext.methods import edit as edit_mod
+
+    def full(self, model, check=True):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(edit_mod.STEUEdit, "apply", full)
+    capsys.readouterr()
+    rc = main(["apply-edit", "--model", str(tmp_path / "m"), "--edit", str(tmp_path / "e.safetensors"),
+               "--out", str(tmp_path / "out" / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == EXIT_BAD_INPUT and "No space left" in err.splitlines()[-1] and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["e.safetensors", "m"]   # not even the parent folder it made
+
+
+def test_unwritable_output_folder_is_exit_2(tmp_path, capsys):
+    _tiny_edit_files(tmp_path)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user that can write anywhere (root)")
+        capsys.readouterr()
+        rc = main(["apply-edit", "--model", str(tmp_path / "m"), "--edit", str(tmp_path / "e.safetensors"),
+                   "--out", str(ro / "o")])
+        err = capsys.readouterr().err.strip()
+        assert rc == EXIT_BAD_INPUT and "Permission denied" in err.splitlines()[-1] and "Traceback" not in err
+    finally:
+        ro.chmod(0o700)
+
+
+def test_missing_local_model_path_message(tmp_path, capsys):
+    _tiny_edit_files(tmp_path)
+    capsys.readouterr()
+    for model in (str(tmp_path / "nope"), "./nope", "~/nope/x"):
+        rc = main(["apply-edit", "--model", model, "--edit", str(tmp_path / "e.safetensors"),
+                   "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err.strip()
+        assert rc == EXIT_BAD_INPUT and "not found" in err and "repo" not in err.lower(), err
+
+
+def test_missing_metadata_key_message(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    _tiny_edit_files(tmp_path)
+    save_file({"rows.ids": torch.tensor([1])}, tmp_path / "bad.safetensors",
+              metadata={"format": "steu_ext.edit/1", "head": "[]"})
+    capsys.readouterr()
+    rc = main(["apply-edit", "--model", str(tmp_path / "m"), "--edit", str(tmp_path / "bad.safetensors"),
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == EXIT_BAD_INPUT and "lacks ['embedding']" in err
