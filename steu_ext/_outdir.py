@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -84,6 +85,37 @@ def check_output_dir(path: str, overwrite: bool, inputs: Sequence[Optional[str]]
     return real
 
 
+_HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
+_TAG = f"{_HOST}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:   # e.g. EPERM: it exists
+        return True
+    return True
+
+
+def _remove_stale(parent: str, name: str) -> None:
+    """Remove our own temporary siblings of ``name`` left by a run on this host that was killed (SIGKILL,
+    power loss): their name carries the host and the process id, and that process is gone."""
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    for kind in ("tmp", "old"):
+        prefix = f".{name}.steu-{kind}-{_HOST}-"
+        for e in entries:
+            if not e.startswith(prefix):
+                continue
+            pid = e[len(prefix):].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(parent, e), ignore_errors=True)
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -121,8 +153,9 @@ def output_dir(path: str, overwrite: bool = False, inputs: Sequence[Optional[str
     real = check_output_dir(path, overwrite, inputs)
     parent, name = os.path.dirname(real), os.path.basename(real)
     created = _make_parents(parent)
+    _remove_stale(parent, name)
     try:
-        tmp = tempfile.mkdtemp(prefix=f".{name}.steu-tmp-", dir=parent)
+        tmp = tempfile.mkdtemp(prefix=f".{name}.steu-tmp-{_TAG}-", dir=parent)
         os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp's 0700 -> what os.makedirs would have given
     except BaseException:
         _remove_created(created)
@@ -134,7 +167,7 @@ def output_dir(path: str, overwrite: bool = False, inputs: Sequence[Optional[str
             f.write("written by steu_ext; `--overwrite` may replace this folder\n")
         check_output_dir(path, overwrite, inputs)   # still safe (nothing appeared meanwhile)
         if os.path.isdir(real):
-            old = tempfile.mkdtemp(prefix=f".{name}.steu-old-", dir=parent)
+            old = tempfile.mkdtemp(prefix=f".{name}.steu-old-{_TAG}-", dir=parent)
             os.replace(real, os.path.join(old, "d"))
         try:
             os.replace(tmp, real)

@@ -203,6 +203,18 @@ def _prepare_pmi_out(out: str, overwrite: bool) -> None:
         f.write("written by steu_ext; `--overwrite` may replace this folder\n")
 
 
+def _remove_if_unused(out: str) -> None:
+    """Remove ``out`` if it holds nothing but our marker (and empty folders)."""
+    import shutil
+
+    from ._outdir import MARKER
+
+    for root, _dirs, files in os.walk(out):
+        if any(f != MARKER or root != out for f in files):
+            return
+    shutil.rmtree(out, ignore_errors=True)
+
+
 def cmd_pmi(a) -> int:
     """Stream the corpus, count with checkpoints (resumable, torchrun-aware), write counts and tables."""
     from transformers import AutoTokenizer
@@ -231,6 +243,7 @@ def cmd_pmi(a) -> int:
     # summary.json is written last and marks a finished run.
     _check_pmi_out(a, SUMMARY_FILE, CHECKPOINT_DIR)
     rank, world, started = init_distributed(a.device)
+    fresh = not os.path.exists(out)
     try:
         if rank == 0:
             _prepare_pmi_out(out, a.overwrite)
@@ -247,6 +260,10 @@ def cmd_pmi(a) -> int:
                             checkpoint_every=a.checkpoint_every, checkpoint_seconds=a.checkpoint_seconds,
                             unknown_labels=a.unknown_labels, on_malformed=a.on_malformed, progress=not a.quiet,
                             extra_summary={"tokenizer_name": a.model, "workers_per_rank": workers})
+    except BaseException:
+        if rank == 0 and fresh:
+            _remove_if_unused(out)   # a run that stopped before any checkpoint leaves no folder behind
+        raise
     finally:
         if started:
             import torch.distributed as dist
@@ -733,7 +750,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.3)
     p.add_argument("--probe-fraction", type=float, default=0.15,
                    help="share of the documents held out to fit the linear probe (0: no probe)")
-    p.add_argument("--out", default="steu_report", help="report folder (replaced if it exists)")
+    p.add_argument("--out", default="steu_report", help="report folder (replaced if steu wrote it; a folder "
+                                                        "steu did not write is never replaced)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
@@ -951,8 +969,34 @@ def _one_line(e: BaseException) -> str:
     return " ".join(line.strip() for line in msg.splitlines() if line.strip())
 
 
+def _sigterm_as_exit():
+    """SIGTERM (a job scheduler, ``kill``) as SystemExit, so that temporary outputs are cleaned up; returns the
+    handler to restore (None when not in the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     a = build_parser().parse_args(argv)
+    previous = _sigterm_as_exit()
+    try:
+        return _main(a)
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(a) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:

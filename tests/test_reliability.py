@@ -463,3 +463,40 @@ def test_missing_metadata_key_message(tmp_path, capsys):
                "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert rc == EXIT_BAD_INPUT and "lacks ['embedding']" in err
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_up(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import os, sys, time\nsys.path.insert(0, %r)\nfrom steu_ext._outdir import output_dir\n"
+            "with output_dir(%r) as tmp:\n    print(tmp, flush=True)\n    time.sleep(60)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.Popen([sys.executable, "-c", code % (root, str(tmp_path / "run"))], stdout=subprocess.PIPE,
+                         text=True)
+    tmp = p.stdout.readline().strip()
+    assert os.path.isdir(tmp)
+    p.kill()
+    p.wait()
+    assert os.path.isdir(tmp)                       # SIGKILL: nothing could clean up
+    with output_dir(str(tmp_path / "run")):
+        pass
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # the next run removed the dead run's leftovers
+
+
+def test_sigterm_cleans_up(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys, time\nsys.path.insert(0, %r)\nfrom steu_ext.cli import _sigterm_as_exit\n"
+            "from steu_ext._outdir import output_dir\n_sigterm_as_exit()\n"
+            "with output_dir(%r) as tmp:\n    print(tmp, flush=True)\n    time.sleep(60)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.Popen([sys.executable, "-c", code % (root, str(tmp_path / "run"))], stdout=subprocess.PIPE,
+                         text=True)
+    tmp = p.stdout.readline().strip()
+    assert os.path.isdir(tmp)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == 128 + signal.SIGTERM
+    assert os.listdir(tmp_path) == []
