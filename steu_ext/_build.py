@@ -17,7 +17,9 @@ and an unchanged one is only loaded:
 
     ~/.cache/steu_ext/<key>          (override the parent directory with STEU_EXT_BUILD_DIR)
 
-``STEU_EXT_VERBOSE_BUILD=1`` shows the compiler commands. ``python -m steu_ext.build`` builds ahead of time.
+A compile prints one line to stderr when it starts ("compiling ... (first use, cached in ...)") and one
+with its duration when it ends (``STEU_EXT_QUIET_BUILD=1`` silences both; they also go to the
+``steu_ext`` logger at INFO). ``STEU_EXT_VERBOSE_BUILD=1`` shows the compiler commands. ``python -m steu_ext.build`` builds ahead of time.
 """
 
 from __future__ import annotations
@@ -173,6 +175,23 @@ def _wait_for_lock(build_dir: Path) -> None:
         time.sleep(0.5)
 
 
+def _notice(msg: str) -> None:
+    """A one-line status message: on stderr (unless ``STEU_EXT_QUIET_BUILD=1``) and to the logger."""
+    log.info(msg)
+    if os.environ.get("STEU_EXT_QUIET_BUILD", "0").lower() in ("", "0", "false", "no"):
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _compile(what: str, build_dir: Path, **load_kw) -> None:
+    """``cpp_extension.load`` into ``build_dir``, announced at the start and timed at the end."""
+    from torch.utils import cpp_extension
+
+    _notice(f"steu_ext: compiling {what} (first use, about a minute; cached in {build_dir})")
+    t0 = time.perf_counter()
+    cpp_extension.load(build_directory=str(build_dir), is_python_module=False, **load_kw)
+    _notice(f"steu_ext: compiled {what} in {time.perf_counter() - t0:.1f} s")
+
+
 def _build_and_load(verbose: bool) -> str:
     root = _source_root()
     pkg = Path(__file__).resolve().parent
@@ -202,18 +221,16 @@ def _build_and_load(verbose: bool) -> str:
     build_dir.mkdir(parents=True, exist_ok=True)
     _wait_for_lock(build_dir)
 
-    from torch.utils import cpp_extension
-
     try:
-        cpp_extension.load(
+        _compile(
+            "the C++ CPU kernels",
+            build_dir,
             name=_EXT_NAME,
             sources=[str(s) for s in sources],
             extra_cflags=_CFLAGS,
             extra_ldflags=_LDFLAGS,
-            build_directory=str(build_dir),
             verbose=verbose,
             with_cuda=False,
-            is_python_module=False,
         )
     except Exception as e:
         raise RuntimeError(
@@ -516,14 +533,14 @@ def _cuda_build_and_load(verbose: bool) -> str:
         )
         cpp_extension.CUDA_HOME = str(home)
     try:
-        cpp_extension.load(
+        _compile(
+            "the CUDA kernels",
+            build_dir,
             name=_CUDA_EXT_NAME,
             sources=[str(s) for s in sources],
             extra_cuda_cflags=flags,  # our -gencode flags: cpp_extension adds no arch flags of its own
-            build_directory=str(build_dir),
             verbose=verbose,
             with_cuda=True,
-            is_python_module=False,
         )
     except Exception as e:
         raise RuntimeError(

@@ -9,6 +9,7 @@
     steu hierarchy --from-mesh desc2025.xml --forget-branch E04=surgery --out concepts.yaml
     steu apply-edit  --model BASE --edit run/edit.safetensors --out edited/
     steu revert-edit --model edited/ --edit run/edit.safetensors --out restored/
+    steu edits list|apply|revert --model FOLDER [--edit E] [--id N] --out OUT   # a stack of edits
 
 Exit codes: 0 success, 2 bad input (missing file, unknown column or class, a model without a trained
 classification head, a label set that does not match the model, ...), 1 unexpected failure.
@@ -18,6 +19,7 @@ leaves no partial output behind.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -34,8 +36,8 @@ class BadInput(ValueError):
 # ---- shared arguments ---------------------------------------------------------------------------------
 def _data_args(p, required: bool = True) -> None:
     p.add_argument("--data", required=required, help="CSV/TSV/JSONL/parquet file with labelled text")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
+    p.add_argument("--text-column", default="text", help="column (CSV) or field (JSONL) holding the text")
+    p.add_argument("--label-column", default="label", help="column or field holding the class name(s) or id(s)")
     p.add_argument("--label-sep", default=None, help="separator of multiple labels in one cell (multi-label)")
 
 
@@ -46,16 +48,17 @@ def _out_arg(p, default: Optional[str] = None) -> None:
 
 def _steu_args(p) -> None:
     p.add_argument("--k", type=int, default=256, help="embedding rows to edit")
-    p.add_argument("--measure", default="fwpmi", choices=["fwpmi", "pmi", "ppmi", "npmi"])
+    p.add_argument("--measure", default="fwpmi", choices=["fwpmi", "pmi", "ppmi", "npmi"],
+                   help="token score used to select the rows")
     p.add_argument("--alpha", type=float, default=0.0, help="add-alpha smoothing of the PMI estimates")
-    p.add_argument("--min-count", type=int, default=1)
+    p.add_argument("--min-count", type=int, default=1, help="ignore tokens in fewer documents than this")
     p.add_argument("--epochs", type=int, default=5, help="unlearning epochs over the forget set")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the embedding rows")
     p.add_argument("--head-lr", type=float, default=1e-2, help="learning rate of the head")
     p.add_argument("--utility-weight", type=float, default=1.0, help="lambda of the retain (utility) loss")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16, help="forget (and as many retain) documents per step")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per document (longer ones are cut)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (splits, batches, initialisation)")
 
 
 def _config(a, **over):
@@ -81,12 +84,20 @@ def _check_out(path: str, overwrite: bool, inputs=()) -> None:
     check_output_dir(path, overwrite, inputs)
 
 
+def _finalize_output(tmp: str, final: str) -> None:
+    _final_paths(tmp, final)
+    from ._fsutil import chmod_tree_like_new
+
+    chmod_tree_like_new(tmp)  # safetensors files are 0600 otherwise: edits, models and reports alike
+
+
 def _output_dir(path: str, overwrite: bool, inputs=()):
     """A temporary sibling folder renamed to ``path`` only if the block succeeds (see :mod:`steu_ext._outdir`:
-    refuses ``.``, home, a folder holding an input, and any non-empty folder steu did not write)."""
+    refuses ``.``, home, a folder holding an input, and any non-empty folder steu did not write); reports
+    name the final paths and files get the umask's permissions."""
     from ._outdir import output_dir
 
-    return output_dir(path, overwrite, inputs)
+    return output_dir(path, overwrite, inputs, finalize=_finalize_output)
 
 
 def _check_model_path(name: Optional[str], what: str = "model folder") -> None:
@@ -99,6 +110,25 @@ def _check_model_path(name: Optional[str], what: str = "model folder") -> None:
                    or n.count("/") > 1 or (os.sep != "/" and os.sep in n))
     if looks_local:
         raise BadInput(f"{what} not found: {n}")
+
+
+def _final_paths(tmp: str, final: str) -> None:
+    """Point the paths recorded in the reports (``*.json``, ``*.md``) under the temporary folder ``tmp`` at
+    where the folder will be (``final``), so a report names the edit path a user can open."""
+    pairs = [(tmp, final), (json.dumps(tmp)[1:-1], json.dumps(final)[1:-1])]
+    for d, _, files in os.walk(tmp):
+        for f in files:
+            if not f.endswith((".json", ".md")):
+                continue
+            p = os.path.join(d, f)
+            with open(p, encoding="utf-8") as fh:
+                text = fh.read()
+            new = text
+            for old, repl in pairs:
+                new = new.replace(old, repl)
+            if new != text:
+                with open(p, "w", encoding="utf-8") as fh:
+                    fh.write(new)
 
 
 def _load_trained(model_path: str, label_names: Optional[List[str]] = None):
@@ -136,7 +166,7 @@ def _save_model(model, tok, path: str) -> None:
 def cmd_demo(a) -> int:
     from .methods.experiment import DEFAULT_MODEL, offline_minilm_path, run_experiment, summary_table
 
-    _check_out(a.out, True, [a.data, a.model])
+    _check_out(a.out, a.overwrite, [a.data, a.model])
     _check_model_path(a.model)
     if a.data:
         data, source = _load_data(a), a.data
@@ -155,7 +185,7 @@ def cmd_demo(a) -> int:
     # names before positions (classes named "1".."5"), ambiguity refused: resolved here, passed as a position
     target = resolve_target(a.target, data.label_names) if a.target is not None else 0
     print(f"data: {source}: {len(data)} documents, classes {data.label_names}")
-    with _output_dir(a.out, True, [a.data, a.model]) as tmp:
+    with _output_dir(a.out, a.overwrite, [a.data, a.model]) as tmp:
         report = run_experiment(data, target, model=model, out_dir=tmp, config=_config(a),
                                 test_fraction=a.test_fraction, finetune_epochs=a.finetune_epochs,
                                 finetune_mode=a.finetune_mode, finetune_lr=a.finetune_lr,
@@ -306,8 +336,16 @@ def _f1_report(model, enc, target, names, multi):
     from .eval.metrics import per_class_f1, unlearning_f1
     from .methods._model import predict_logits, predictions
 
-    z = predict_logits(model, enc)
-    return unlearning_f1(per_class_f1(enc.labels, predictions(z, multi)), target, names)
+    pred = predictions(predict_logits(model, enc), multi)
+    rep = unlearning_f1(per_class_f1(enc.labels, pred), target, names)
+    # how often the target is true / predicted: the vacuity checks (steu_ext.eval.vacuity) need them
+    rep["target_docs"] = int((enc.labels[:, target] > 0).sum())
+    rep["target_predicted"] = int((pred[:, target] > 0).sum())
+    return rep
+
+
+def _n_carrying(data, target: int) -> int:
+    return sum(target in ys for ys in data.labels)
 
 
 def _precomputed_counts(path: str, tok, names: List[str]):
@@ -345,6 +383,11 @@ def cmd_unlearn(a) -> int:
     target = resolve_target(a.target, names)
     cfg = _config(a)
     cfg.validate(model.get_input_embeddings().weight.shape[0])
+    from .eval.vacuity import format_warnings, refuse_vacuous, vacuity_warnings
+
+    n_forget = _n_carrying(data, target)
+    refuse_vacuous(n_forget, names[target], k=cfg.k, train_head=cfg.train_head,
+                   n_retain_docs=len(data) - n_forget)
     counts = _precomputed_counts(a.counts, tok, names) if a.counts else None
     multi = is_multi_label(model)
     enc_eval = None
@@ -360,12 +403,17 @@ def cmd_unlearn(a) -> int:
         wall = time.perf_counter() - t0
         after = _f1_report(model, enc_eval, target, names, multi) if enc_eval else None
         mod = modified_parameters(model, original)
+        warnings = vacuity_warnings(names[target], evaluated=before is not None, k=cfg.k, n_forget_docs=n_forget,
+                                    before_forget_f1=before["forget_f1"] if before else None,
+                                    before_predicted=before["target_predicted"] if before else None,
+                                    n_eval_target_docs=before["target_docs"] if before else None)
         res.edit.meta["base_model"] = os.path.abspath(a.model) if os.path.exists(a.model) else a.model
         res.edit.save(os.path.join(tmp, "edit.safetensors"))
         if a.save_model:
             _save_model(model, tok, os.path.join(tmp, "model"))
         report = {"method": "steu", "model": a.model, "target": target, "target_name": names[target],
-                  "label_names": names, "data": a.data, "eval_data": a.eval_data, "counts": a.counts, "config": vars(cfg),
+                  "warnings": warnings, "edit": os.path.join(tmp, "edit.safetensors"),
+                  "model_saved": os.path.join(tmp, "model") if a.save_model else None, "label_names": names, "data": a.data, "eval_data": a.eval_data, "counts": a.counts, "config": vars(cfg),
                   "before": before, "after": after,
                   "params_modified": {"count": mod["modified"], "total": mod["total"], "percent": mod["percent"],
                                       "per_tensor": mod["per_tensor"]},
@@ -378,6 +426,8 @@ def cmd_unlearn(a) -> int:
     if before and after:
         print(f"forget F1 {before['forget_f1']:.4f} -> {after['forget_f1']:.4f}; retain avg F1 "
               f"{before['retain_macro_f1']:.4f} -> {after['retain_macro_f1']:.4f}")
+    if warnings:
+        print(format_warnings(warnings))
     print(f"edit: {os.path.join(a.out, 'edit.safetensors')}, report: {os.path.join(a.out, 'report.json')}")
     return EXIT_OK
 
@@ -392,14 +442,30 @@ def cmd_evaluate(a) -> int:
     _check_same_labels(data, names, "data's")
     data = _remap(data, names)
     target = resolve_target(a.target, names)
-    if a.edit:
-        STEUEdit.load(a.edit).apply(model)
+    from .eval.vacuity import format_warnings, vacuity_warnings
+
+    edit = STEUEdit.load(a.edit) if a.edit else None
     enc = _encode_eval(tok, data, names, a.max_length)
-    rep = _f1_report(model, enc, target, names, is_multi_label(model))
-    rep.update({"model": a.model, "edit": a.edit, "data": a.data, "target_name": names[target]})
+    multi = is_multi_label(model)
+    # with an edit, the base model is scored too: a target it never predicted makes "forget F1 0" vacuous
+    base = _f1_report(model, enc, target, names, multi) if edit is not None else None
+    if edit is not None:
+        edit.apply(model)
+    rep = _f1_report(model, enc, target, names, multi)
+    warnings = vacuity_warnings(names[target], n_eval_target_docs=rep["target_docs"],
+                                before_forget_f1=base["forget_f1"] if base else None,
+                                before_predicted=base["target_predicted"] if base else None)
+    rep.update({"model": a.model, "edit": a.edit, "data": a.data, "target_name": names[target],
+                "warnings": warnings})
+    if base is not None:
+        rep["before_edit"] = {k: base[k] for k in ("forget_f1", "retain_macro_f1", "per_class_f1")}
+        print(f"without the edit:  forget F1 ({names[target]}): {base['forget_f1']:.4f}   retain avg F1: "
+              f"{base['retain_macro_f1']:.4f}")
     print(f"forget F1 ({names[target]}): {rep['forget_f1']:.4f}   retain avg F1: {rep['retain_macro_f1']:.4f}")
     for n, f in rep["per_class_f1"].items():
         print(f"  {n:<32} {f:.4f}")
+    if warnings:
+        print(format_warnings(warnings))
     if a.out:
         from .eval.report import write_json
 
@@ -499,6 +565,54 @@ def _edit_cmd(a, revert: bool) -> int:
         _save_model(model, tok, tmp)
     print(f"{'reverted' if revert else 'applied'} edit {a.edit} ({edit.row_ids.numel()} rows, "
           f"{len(edit.new_head)} head tensors, {edit.num_modified_elements:,} elements): saved to {a.out}")
+    return EXIT_OK
+
+
+def cmd_edits(a) -> int:
+    """``steu edits list|apply|revert``: the stack of edits recorded in a model folder."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .methods.edit import STEUEdit
+    from .methods.edit_stack import EditStack
+
+    if not os.path.isdir(a.model):
+        raise BadInput(f"model folder not found: {a.model}")
+    stack = EditStack.load(a.model)
+    edit = STEUEdit.load(a.edit) if a.action == "apply" else None
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(a.model)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"cannot load a sequence classifier from {a.model!r}: {str(e).splitlines()[0]}") from None
+    if a.action == "list":
+        if not stack.entries:
+            print(f"{a.model}: no edits applied")
+            return EXIT_OK
+        print(f"{'id':>4}  {'name':<24} {'rows':>6} {'head elements':>14} {'elements':>10}  applied")
+        for e in stack.list():
+            print(f"{e['id']:>4}  {str(e['name'])[:24]:<24} {len(e['rows']):>6} {sum(e['head'].values()):>14} "
+                  f"{e['elements_modified']:>10}  {e['applied_at']}")
+        problems = stack.verify(model)
+        print("weights match the stack" if not problems else "WARNING: " + "; ".join(problems))
+        for e in stack.entries[:-1]:
+            why = stack.conflicts(e.id)
+            print(f"edit {e.id}: " + ("revertible now" if not why else "revert needs later edits reverted first ("
+                                      + "; ".join(why) + ")"))
+        return EXIT_OK
+    tok = AutoTokenizer.from_pretrained(a.model)
+    if a.action == "apply":
+        entry = stack.push(model, edit, name=a.name)
+        what = f"applied edit {entry.id} ({entry.name!r}) from {a.edit}"
+    else:
+        entry = stack.revert(model, a.id)
+        what = f"reverted edit {entry.id} ({entry.name!r})"
+    same = os.path.abspath(a.out) == os.path.abspath(a.model)
+    if same and not a.overwrite:
+        raise BadInput("--out is the model folder: pass --overwrite to update it in place")
+    # in place (--out is --model, with --overwrite): allowed only for a folder steu wrote (marker file)
+    with _output_dir(a.out, a.overwrite, [getattr(a, "edit", None)] + ([] if same else [a.model])) as tmp:
+        _save_model(model, tok, tmp)
+        stack.save(tmp)
+    print(f"{what}: {len(stack.entries)} edit(s) applied, saved to {a.out}")
     return EXIT_OK
 
 
@@ -727,10 +841,23 @@ def cmd_hierarchy(a) -> int:
     return EXIT_OK
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (flags, ``None``) or the help text
+    already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steu", description="Class-level unlearning for clinical text "
                                      "classifiers (STEU).", epilog="exit codes: 0 ok, 2 bad input, 1 failure")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser = functools.partial(sub.add_parser, formatter_class=_HelpFormatter)
 
     p = sub.add_parser("demo", help="fine-tune, unlearn one class with STEU, evaluate and report",
                        description="Runs STEU end to end. Without --data it uses the embedded synthetic "
@@ -747,12 +874,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=int, default=None,
                    help="default: 4 (full) / 30 (head); 0 = the model is already fine-tuned")
     p.add_argument("--finetune-lr", type=float, default=None, help="default: 1e-4 (full) / 1e-2 (head)")
-    p.add_argument("--test-fraction", type=float, default=0.3)
+    p.add_argument("--test-fraction", type=float, default=0.3, help="share of the documents held out for F1")
     p.add_argument("--probe-fraction", type=float, default=0.15,
                    help="share of the documents held out to fit the linear probe (0: no probe)")
-    p.add_argument("--out", default="steu_report", help="report folder (replaced if steu wrote it; a folder "
-                                                        "steu did not write is never replaced)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _out_arg(p, default="steu_report")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("pmi", help="document-level token statistics and top PMI tokens per class",
@@ -769,11 +895,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a label outside --labels: stop with an error, or report and skip the record")
     p.add_argument("--on-malformed", default="skip", choices=["skip", "error"],
                    help="malformed or empty records: report (line numbers) and skip, or stop")
-    p.add_argument("--k", type=int, default=256)
-    p.add_argument("--measure", default="fwpmi", choices=["fwpmi", "pmi", "ppmi", "npmi"])
-    p.add_argument("--alpha", type=float, default=0.0)
-    p.add_argument("--min-count", type=int, default=1)
-    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--k", type=int, default=256, help="top tokens per class to list")
+    p.add_argument("--measure", default="fwpmi", choices=["fwpmi", "pmi", "ppmi", "npmi"], help="token score")
+    p.add_argument("--alpha", type=float, default=0.0, help="add-alpha smoothing of the PMI estimates")
+    p.add_argument("--min-count", type=int, default=1, help="ignore tokens in fewer documents than this")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per document (longer ones are cut)")
     p.add_argument("--workers", type=int, default=None,
                    help="tokenizer processes per rank (default: this rank's cores - 1; 0 = in-process)")
     p.add_argument("--block-size", "--batch-size", dest="block_size", type=int, default=512,
@@ -782,7 +908,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100_000, help="documents between checkpoints")
     p.add_argument("--checkpoint-seconds", type=float, default=300.0, help="seconds between checkpoints")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in --out and count afresh")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _out_arg(p)
     p.set_defaults(func=cmd_pmi)
 
@@ -795,24 +921,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--counts", default=None, help="folder written by `steu pmi` with the same tokenizer: use its "
                                                   "token statistics instead of counting --data")
     p.add_argument("--save-model", action="store_true", help="also save the edited model (edit file always)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     _out_arg(p)
     p.set_defaults(func=cmd_unlearn)
 
     p = sub.add_parser("evaluate", help="forget/retain F1 of a classifier (optionally with an edit applied)")
     _data_args(p)
-    p.add_argument("--model", required=True)
-    p.add_argument("--edit", help="edit file to apply before evaluating")
-    p.add_argument("--target", required=True)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--model", required=True, help="fine-tuned sequence classifier (name or folder)")
+    p.add_argument("--edit", help="edit file to apply before evaluating (the base is scored too)")
+    p.add_argument("--target", required=True, help="the forgotten class, by name or index")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per document (longer ones are cut)")
     p.add_argument("--out", help="write the figures to this JSON file")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="run STEU, its ablations and baselines on one dataset; one table")
     _data_args(p, required=False)
-    p.add_argument("--target", default=None)
-    p.add_argument("--model", default=None)
+    p.add_argument("--target", default=None, help="class to forget, by name or index (default: the first)")
+    p.add_argument("--model", default=None, help="HF model name or folder to fine-tune (default: the offline "
+                                                 "MiniLM encoder if installed, else a small random BERT)")
     p.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
     p.add_argument("--n-docs", type=int, default=1200, help="synthetic corpus size when --data is omitted")
     _steu_args(p)
@@ -826,7 +953,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "encoder (fast, but then the probe cannot tell the models apart)")
     p.add_argument("--finetune-epochs", type=int, default=None, help="default: 4 (full) / 30 (head)")
     p.add_argument("--finetune-lr", type=float, default=None, help="default: 1e-4 (full) / 1e-2 (head)")
-    p.add_argument("--test-fraction", type=float, default=0.3)
+    p.add_argument("--test-fraction", type=float, default=0.3, help="share of the documents held out for F1")
     p.add_argument("--probe-fraction", type=float, default=0.15,
                    help="share of the documents held out as the probe's labelled split (never trained on)")
     p.add_argument("--max-docs", type=int, default=None, help="use a stratified subset of this many documents")
@@ -842,11 +969,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--relearn-steps", type=int, default=24, help="relearning attack step budget")
     g.add_argument("--relearn-docs", type=int, default=32,
                    help="labelled target-class documents the attacker holds (as many others are mixed in)")
-    g.add_argument("--relearn-params", default="all", choices=["all", "head"])
-    g.add_argument("--relearn-eval-every", type=int, default=2)
+    g.add_argument("--relearn-params", default="all", choices=["all", "head"],
+                   help="what the relearning attacker fine-tunes")
+    g.add_argument("--relearn-eval-every", type=int, default=2, help="attack steps between F1 checks")
     g.add_argument("--relearn-eval-docs", type=int, default=200, help="held-out documents scored per check")
     g.add_argument("--no-inspect", action="store_true", help="skip the STEU edit inspection")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     _out_arg(p, default="steu_compare")
     p.set_defaults(func=cmd_compare)
 
@@ -855,26 +983,30 @@ def build_parser() -> argparse.ArgumentParser:
                                    "loss, Fisher-weighted gradient projection, LoRA. --teach-tiny first teaches a "
                                    "small random Llama the QA pairs (offline protocol).")
     p.add_argument("--data", required=True, help="PubMedQA ori_pqal.json (or its folder), MedMCQA or QA JSONL")
-    p.add_argument("--format", default="pubmedqa", choices=["pubmedqa", "medmcqa", "jsonl"])
+    p.add_argument("--format", default="pubmedqa", choices=["pubmedqa", "medmcqa", "jsonl"],
+                   help="layout of --data")
     p.add_argument("--forget-mesh", default=None, help="pubmedqa: comma-separated MeSH substrings of the forget "
                                                        "domain (default: with --hierarchy and --forget-domains, the "
                                                        "items whose MESHES name a level 3-4 concept of those domains; "
                                                        "else surgical procedures)")
     p.add_argument("--forget-values", default=None, help="medmcqa: forget subject_name(s) (default Surgery); "
                                                          "jsonl: forget values of --domain-column")
-    p.add_argument("--question-column", default="question")
+    p.add_argument("--question-column", default="question", help="jsonl: the question field")
     p.add_argument("--options-column", default="options", help="jsonl: list column, or comma-separated columns")
-    p.add_argument("--answer-column", default="answer")
-    p.add_argument("--long-answer-column", default=None)
-    p.add_argument("--domain-column", default=None)
+    p.add_argument("--answer-column", default="answer", help="jsonl: the answer (index, letter or option text)")
+    p.add_argument("--long-answer-column", default=None, help="jsonl: an explanation field (optional)")
+    p.add_argument("--domain-column", default=None, help="jsonl: the field whose --forget-values mark the "
+                                                         "forget domain")
     p.add_argument("--model", default=None, help="causal LM (folder or name) that knows the QA pairs")
     p.add_argument("--teach-tiny", action="store_true", help="teach a small random Llama the QA pairs first")
     p.add_argument("--hierarchy", default=None, help="concept hierarchy YAML/JSON (token interventions)")
     p.add_argument("--forget-domains", default=None, help="hierarchy domains to target (default: all)")
     p.add_argument("--method", default="hds", choices=["hds", "hds_no_projection", "hds_no_tokens", "ga", "npo",
-                                                       "graddiff"])
-    p.add_argument("--forget-loss", default="npo", choices=["ga", "npo"])
-    p.add_argument("--retain-loss", default="nll", choices=["nll", "kl", "none"])
+                                                       "graddiff"], help="HDS, an ablation or a baseline")
+    p.add_argument("--forget-loss", default="npo", choices=["ga", "npo"],
+                   help="gradient ascent or negative preference optimisation on the forget items")
+    p.add_argument("--retain-loss", default="nll", choices=["nll", "kl", "none"],
+                   help="loss that keeps the retain items' answers")
     p.add_argument("--retain-weight", type=float, default=1.0, help="lambda")
     p.add_argument("--question-weight", type=float, default=0.0,
                    help="weight of the term that holds the forget items' question tokens at --question-target "
@@ -883,11 +1015,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mean question-token NLL (nats) to hold them at (with --question-weight > 0); auto: "
                         "the median question NLL of the model on the stop half of the never-seen items "
                         "(never taught, not the reported ones), reported in report.json")
-    p.add_argument("--projection", default="conflict", choices=["conflict", "always", "none"])
+    p.add_argument("--projection", default="conflict", choices=["conflict", "always", "none"],
+                   help="project the forget gradient off the retain gradient when they conflict, always, or never")
     p.add_argument("--no-fisher", action="store_true", help="plain PCGrad inner product")
     p.add_argument("--subspace", type=int, default=0, help="project against the last m retain gradients")
-    p.add_argument("--adapter", default="lora", choices=["lora", "none"])
-    p.add_argument("--lora-r", type=int, default=4)
+    p.add_argument("--adapter", default="lora", choices=["lora", "none"],
+                   help="train LoRA adapters, or every parameter")
+    p.add_argument("--lora-r", type=int, default=4, help="LoRA rank")
     p.add_argument("--lora-targets", default="all-linear", help="comma-separated module names, or all-linear")
     p.add_argument("--lora-layers", default=None, help="comma-separated decoder layer indices (default: all)")
     p.add_argument("--lr", type=float, default=1e-2, help="1e-2 suits LoRA; use ~3e-4 for the full-parameter "
@@ -905,10 +1039,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "may use; the figures are reported on the rest")
     p.add_argument("--stop-at-forgetting", type=float, default=None,
                    help="the paper's framing instead: stop once the forgetting rate (on the stop half) reaches this")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16, help="forget (and as many retain) items per step")
+    p.add_argument("--max-length", type=int, default=64, help="tokens per prompt + answer")
     p.add_argument("--clip-norm", type=float, default=None, help="DP-style clipping (no privacy claim)")
-    p.add_argument("--noise-multiplier", type=float, default=0.0)
+    p.add_argument("--noise-multiplier", type=float, default=0.0, help="DP-style gradient noise (no privacy "
+                                                                       "claim)")
     p.add_argument("--max-forget", type=int, default=None, help="subsample the forget domain")
     p.add_argument("--max-retain", type=int, default=None, help="subsample the retain domain")
     p.add_argument("--never-seen-fraction", type=float, default=0.2,
@@ -918,10 +1053,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the model's weights (bfloat16 halves the memory of a large LM)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward passes (A100/H100); the "
                                                        "Fisher EMA and the projection stay fp32")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (subsampling, batches, initialisation)")
     p.add_argument("--save-model", action="store_true", help="also save the unlearned (merged) model; the edit "
                                                              "itself is always written as adapter/ (unmerged PEFT)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     _out_arg(p)
     p.set_defaults(func=cmd_hds)
 
@@ -950,6 +1085,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="hierarchy file to write (.yaml, .yml or .json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing hierarchy file")
     p.set_defaults(func=cmd_hierarchy)
+
+    p = sub.add_parser("edits", help="a stack of edits on one model folder: list, apply, revert",
+                       description="A model folder records the edits applied to it in steu_edits/ (safetensors + "
+                                   "JSON). apply: add an edit made on the folder's current weights; revert: take "
+                                   "out the latest, or an earlier one whose rows and head entries no later edit "
+                                   "touched; every step bit-exact.")
+    es = p.add_subparsers(dest="action", required=True)
+    for action, text in (("list", "the applied edits, whether the weights match, which can be reverted"),
+                         ("apply", "apply an edit on top of the stack"),
+                         ("revert", "revert the latest edit, or --id an earlier one")):
+        q = es.add_parser(action, help=text, formatter_class=_HelpFormatter)
+        q.add_argument("--model", required=True, help="model folder (with or without steu_edits/)")
+        if action == "apply":
+            q.add_argument("--edit", required=True, help="edit .safetensors file made on the folder's weights")
+            q.add_argument("--name", default=None, help="a name for the record (default: the forgotten class)")
+        if action == "revert":
+            q.add_argument("--id", type=int, default=None, help="edit id (see `steu edits list`; default: latest)")
+        if action != "list":
+            _out_arg(q)
+        q.set_defaults(func=cmd_edits, command="edits")
 
     for name, revert in (("apply-edit", False), ("revert-edit", True)):
         p = sub.add_parser(name, help=("apply an edit to its base model" if not revert else

@@ -580,6 +580,9 @@ _DDP_WORKER = textwrap.dedent("""
         dist.all_gather_object(res["seen"], seen)
     if args.process_index == 0:
         torch.save(res, os.path.join(out, "result.pt"))
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()  # a gloo group left to the interpreter's exit can abort a rank
 """)
 
 

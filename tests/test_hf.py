@@ -100,7 +100,10 @@ def test_steu_trainer_forgets_class_on_real_data(medical_abstracts_root, tmp_pat
     args = _args(tmp_path, num_train_epochs=2, per_device_train_batch_size=8, per_device_eval_batch_size=64,
                  lr_scheduler_type="constant", logging_steps=2, save_strategy="steps", save_steps=5)
     kw = dict(processing_class=tok, texts=[data.text[i] for i in train], labels=Y[train], encoded=enc.subset(train),
-              steu_config=STEUConfig(k=256, max_length=64, lr=3e-3, head_lr=3e-2),
+              # the paper objective: this original is a head on the frozen pretrained encoder (the paper's
+              # setting); the default representation objective is checked end to end on a fully fine-tuned
+              # model in tests/test_steu.py and in the Trainer by test_trainer_representation_objective_*
+              steu_config=STEUConfig(k=256, max_length=64, lr=3e-3, head_lr=3e-2, objective="paper"),
               eval_texts=[data.text[i] for i in test], eval_labels=Y[test])
     # the class name resolves through the model's id2label
     trainer = STEUTrainer(model, args, target="neoplasms", **kw)
@@ -274,6 +277,28 @@ def test_trainer_logs_terms_evaluates_and_freezes(notes, tmp_path):
     assert rows.numel() and set(rows.tolist()) <= set(t.selected_tokens.tolist())
     # the gradient mask hook lives only while train() runs
     assert not model.get_input_embeddings().weight._backward_hooks
+
+
+def test_trainer_representation_objective_matches_unlearn_setup(notes, tmp_path):
+    """The default objective ("representation") runs in the Trainer as in ``unlearn``: the class directions
+    are those ``unlearn`` fits on the original model, the term is logged as ``repr_loss`` and it falls;
+    ``objective="paper"`` has no such term."""
+    from steu_ext.methods.steu import class_directions
+
+    t = _trainer(notes, _args(tmp_path, per_device_train_batch_size=6, num_train_epochs=3, logging_steps=1))
+    assert t.steu_config.objective == "representation" and t.plan.directions
+    ref = class_directions(t.model, t.plan.data, t.plan.forget, t.plan.retain)
+    for f, d in t.plan.directions.items():
+        assert torch.equal(d.w, ref[f].w) and d.aim == ref[f].aim
+    t.train()
+    logs = [h for h in t.state.log_history if "loss" in h]
+    assert logs and all("repr_loss" in h for h in logs)
+    assert logs[-1]["repr_loss"] < logs[0]["repr_loss"] and logs[0]["repr_loss"] > 0
+    p = _trainer(notes, _args(tmp_path / "p", per_device_train_batch_size=6, num_train_epochs=1, logging_steps=1),
+                 steu_config=STEUConfig(k=8, max_length=32, objective="paper"))
+    assert p.plan.directions is None
+    p.train()
+    assert not any("repr_loss" in h for h in p.state.log_history)
 
 
 def test_single_label_softmax_model(notes, tmp_path):
@@ -454,6 +479,8 @@ _DDP_WORKER = textwrap.dedent("""
                     "selected": t.selected_tokens.tolist(),
                     "forget_loss": [h["forget_loss"] for h in t.state.log_history if "forget_loss" in h]},
                    os.path.join(out, "result.pt"))
+    dist.barrier()
+    dist.destroy_process_group()  # a gloo group left to the interpreter's exit can abort a rank at teardown
 """)
 
 

@@ -22,7 +22,7 @@ PAPER = {"objective": "paper"}  # STEUConfig fields of the paper objective
 
 # The CI-sized protocol of issue #12 (full fine-tune, gold standard, probe split). Seed-to-seed figures of
 # this exact configuration (seeds 0-3, see the README's "Adversarial evaluation") fix PROBE_MARGIN.
-CI_DOCS, CI_MAXLEN, CI_EPOCHS, CI_LR = 900, 64, 3, 3e-4
+CI_DOCS, CI_MAXLEN, CI_EPOCHS, CI_LR = 900, 64, 4, 3e-4
 PROBE_MARGIN = 0.0
 
 

@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .._progress import show_progress
 from ..ops.doc_counts import DocCounts, PMICounter
 from . import stream
 
@@ -443,7 +444,7 @@ def count_corpus(
     resume: bool = True,
     unknown_labels: str = "error",
     on_malformed: str = "skip",
-    progress: bool = True,
+    progress: Optional[bool] = None,
     mp_context: Optional[str] = None,
     count_in: str = "auto",
     check_labels: Optional[Callable[[List[str]], None]] = None,
@@ -540,7 +541,7 @@ def count_corpus(
             )
 
     bar = None
-    if progress and rank == 0:
+    if show_progress(progress) and rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(

@@ -1,5 +1,9 @@
-"""Loading labelled text from local CSV/JSONL/parquet files (through HF ``datasets``), the medical
-abstracts corpus layout, and stratified splitting."""
+"""Loading labelled text from local CSV/TSV/JSONL/parquet files (plain or gzip), the medical abstracts
+corpus layout, and stratified splitting.
+
+User files are read straight into memory with the standard library (CSV, JSON) or ``pyarrow`` (parquet),
+never through HF ``datasets``, whose loader writes an Arrow copy of the whole file under
+``~/.cache/huggingface/datasets``: clinical text must not be copied anywhere the user did not ask for."""
 from __future__ import annotations
 
 import os
@@ -9,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".ndjson": "json",
+            ".parquet": "parquet"}
 
 
 @dataclass
@@ -27,31 +32,119 @@ class TextClassificationData:
                                       self.label_names, self.multi_label)
 
 
+def _open_text(path: str, gz: bool):
+    import gzip
+    import io
+
+    raw = gzip.open(path, "rb") if gz else open(path, "rb")
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+
+
+def _csv_rows(path: str, gz: bool, delimiter: str) -> Tuple[List[str], List[Dict[str, Optional[str]]]]:
+    import csv
+    import sys
+
+    csv.field_size_limit(sys.maxsize)
+    with _open_text(path, gz) as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ValueError(f"{path} is empty: no header row") from None
+        except csv.Error as e:
+            raise ValueError(f"{path}: line 1: unreadable CSV ({e})") from None
+        rows, prev = [], reader.line_num
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                raise ValueError(f"{path}: line {prev + 1}: unreadable CSV ({e})") from None
+            if not row:  # blank line
+                prev = reader.line_num
+                continue
+            if len(row) != len(header):
+                raise ValueError(f"{path}: line {prev + 1}: expected {len(header)} fields, found {len(row)}")
+            prev = reader.line_num
+            # an empty cell is a missing value, as in pandas (and so in HF datasets' CSV loader)
+            rows.append({h: (v if v != "" else None) for h, v in zip(header, row)})
+    return header, rows
+
+
+def _json_rows(path: str, gz: bool) -> Tuple[List[str], List[dict]]:
+    import json
+
+    with _open_text(path, gz) as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON: {e}") from None
+        where = [f"record {i + 1}" for i in range(len(rows))]
+    else:  # JSON lines
+        rows, where = [], []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: line {n} is not valid JSON: {e}") from None
+                where.append(f"line {n}")
+    header: Dict[str, None] = {}
+    for w, r in zip(where, rows):
+        if not isinstance(r, dict):
+            raise ValueError(f"{path}: {w} is a JSON {type(r).__name__}, not an object")
+        header.update(dict.fromkeys(r))
+    return list(header), rows
+
+
 def _read_table(path: str, columns: Sequence[str]) -> Dict[str, list]:
+    """The ``columns`` of a data file as Python lists (a missing value is ``None``), read in memory:
+    nothing is written anywhere (no Arrow cache, no temporary file)."""
+    path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"data file not found: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, expected a data file")
     ext = Path(path).suffix.lower()
-    if ext == ".gz":
+    gz = ext == ".gz"
+    if gz:
         ext = Path(path[:-3]).suffix.lower()
     if ext not in _FORMATS:
         raise ValueError(f"unsupported data file type {ext!r} ({path}); use CSV, TSV, JSONL or parquet")
-    if ext in (".csv", ".tsv", ".jsonl"):   # (a .json file may be one JSON array: datasets reads it)
+    if ext in (".csv", ".tsv", ".jsonl", ".ndjson"):   # line numbers for structural problems (#13)
         _check_structure(path, columns)
-    from datasets import load_dataset
-
-    kw = {"delimiter": "\t"} if ext == ".tsv" else {}
     try:
-        ds = load_dataset(_FORMATS[ext], data_files=path, split="train", **kw)
-    except (FileNotFoundError, ValueError):
-        raise
-    except Exception as e:  # noqa: BLE001 - datasets wraps parser errors in DatasetGenerationError
-        cause = e.__cause__ or e.__context__ or e
-        raise ValueError(f"{path}: cannot read the file ({type(cause).__name__}: "
-                         f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''})") from None
-    missing = [c for c in columns if c not in ds.column_names]
+        if _FORMATS[ext] == "parquet":
+            import gzip
+
+            import pyarrow.parquet as pq
+
+            try:
+                table = pq.read_table(gzip.open(path, "rb") if gz else path)
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
+                raise ValueError(f"{path} is not a readable parquet file ({e})") from None
+            header = table.column_names
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise ValueError(f"{path} has no column(s) {missing}; its columns are {header}")
+            return {c: table.column(c).to_pylist() for c in columns}
+        if _FORMATS[ext] == "csv":
+            header, rows = _csv_rows(path, gz, "\t" if ext == ".tsv" else ",")
+        else:
+            header, rows = _json_rows(path, gz)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not valid UTF-8 ({e}); re-encode it as UTF-8") from None
+    except (OSError, EOFError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: cannot read ({e})") from None
+    missing = [c for c in columns if c not in header]
     if missing:
-        raise ValueError(f"{path} has no column(s) {missing}; its columns are {ds.column_names}")
-    return {c: ds[c] for c in columns}
+        raise ValueError(f"{path} has no column(s) {missing}; its columns are {header}")
+    return {c: [r.get(c) for r in rows] for c in columns}
 
 
 _TOLERATED = ("empty text", "no label", "empty line", "text is a", "no field(s)")

@@ -8,7 +8,7 @@ edits onto a ``from_pretrained`` base.
     args = TrainingArguments(output_dir="out", num_train_epochs=5, per_device_train_batch_size=16,
                              lr_scheduler_type="constant", save_steps=50, use_cpu=True)
     trainer = STEUTrainer(model, args, processing_class=tok, texts=train_texts, labels=train_labels,
-                          target="sepsis", label_names=names, steu_config=STEUConfig(k=256),
+                          target="sepsis", class_names=names, steu_config=STEUConfig(k=256),
                           eval_dataset=None)          # or STEUTrainer.encode(...) of held-out documents
     trainer.train()                                   # or .train(resume_from_checkpoint=True)
     trainer.edit().save("forget_sepsis.safetensors")  # exactly what changed, old and new values
@@ -18,8 +18,11 @@ Who decides what: ``STEUConfig`` holds the method (k, measure, alpha, min_count,
 head_lr, weight_decay, utility_weight = lambda, max_length, train_embeddings/train_head, head_modules,
 multi_label); ``TrainingArguments`` holds the loop (num_train_epochs/max_steps, per-device batch size,
 gradient accumulation, lr scheduler and warmup, max_grad_norm, mixed precision, logging, evaluation,
-saving, seed). ``STEUConfig.epochs``/``batch_size``/``seed`` and ``TrainingArguments.learning_rate``/
-``weight_decay``/``optim`` are not used by ``STEUTrainer``. ``lr_scheduler_type="constant"`` and
+saving, seed). ``STEUConfig.epochs``/``batch_size``/``seed`` are not used by ``STEUTrainer``.
+``TrainingArguments.learning_rate`` (when set) is the selected rows' rate (``STEUConfig.lr``; the head keeps
+``STEUConfig.head_lr``), ``weight_decay`` (when set) is applied decoupled as in AdamW, ``adam_beta1/2`` and
+``adam_epsilon`` are the optimizer's; an ``optim`` other than AdamW is not used (a warning says so: the
+row-sparse update needs :class:`~steu_ext.optim.RowSparseAdam`). ``lr_scheduler_type="constant"`` and
 ``max_grad_norm=0`` reproduce :func:`~steu_ext.methods.steu.unlearn`'s optimisation.
 
 Design:
@@ -33,13 +36,23 @@ Design:
   row mask ``steu_forget`` and the teacher logits ``steu_teacher_logits`` (z0 of the frozen original
   model, computed once at construction for every retain document, so no second model is held).
   Examples are not dicts, so the Trainer's unused-column removal passes them through untouched.
-* **Loss.** ``L = forget_loss(z[forget]) + lambda * utility_loss(z[retain], z0)``, the functions of
-  ``methods/steu.py``; both terms are averaged over the logging window and logged as ``forget_loss`` and
-  ``utility_loss`` next to the Trainer's ``loss``.
+* **Loss.** ``L = forget_loss(z[forget]) + lambda * utility_loss(z[retain], z0)
+  [+ mu * representation_loss(h[forget])]``, the functions of ``methods/steu.py``: with the default
+  ``objective="representation"`` the class directions are fitted on the original model at construction
+  (and refitted every ``repr_refit_every`` epochs) exactly as :func:`~steu_ext.methods.steu.unlearn`
+  does; ``objective="paper"`` drops the term. The terms are averaged over the logging window and logged
+  as ``forget_loss``, ``utility_loss`` (and ``repr_loss``) next to the Trainer's ``loss``. (A resume
+  after a refit starts from the directions of the original model: exact resume needs
+  ``repr_refit_every=0``, the default.)
 * **Dropout.** ``compute_loss`` puts the model in eval mode before the forward pass (``training_step``
   has just called ``model.train()``), as ``unlearn`` does: dropout is off, so the frozen layers compute
   exactly what the original model computed, z0 stays a valid target, and training consumes no RNG.
   (Activation checkpointing in HF models is tied to ``model.training`` and is therefore inactive.)
+* **Logging and evaluation.** The loss terms are logged every ``logging_steps`` and at the end of every
+  epoch. ``compute_metrics`` reports forget F1, per-class retain F1 and their macro average; ``eval_loss``
+  is the model's loss on the evaluation documents *without* the target (usable as
+  ``metric_for_best_model``), ``eval_forget_loss`` the loss on those with it (``eval_loss_on="all"``: the
+  Trainer's plain loss over every document).
 * **Optimizer.** :func:`create_steu_optimizer` freezes every parameter except the embedding table and the
   head, and returns a :class:`~steu_ext.optim.RowSparseAdam` whose embedding group updates only the
   selected rows (fp32 ``[k, D]`` moments); the trainer builds it in ``create_optimizer``. While
@@ -84,9 +97,24 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from ..eval.metrics import per_class_f1, unlearning_f1
 from ..methods._labels import label_matrix, resolve_target
-from ..methods._model import Encoded, embedding_param_name, find_head, predict_logits, predictions
+from ..methods._model import (
+    Encoded,
+    embedding_param_name,
+    find_head,
+    last_hidden,
+    predict_logits,
+    predictions,
+)
 from ..methods.edit import STEUEdit
-from ..methods.steu import STEUConfig, forget_loss, prepare, steu_param_groups, utility_loss
+from ..methods.steu import (
+    STEUConfig,
+    class_directions,
+    forget_loss,
+    prepare,
+    representation_loss,
+    steu_param_groups,
+    utility_loss,
+)
 from ..optim import RowSparseAdam
 
 log = logging.getLogger("steu_ext")
@@ -120,7 +148,8 @@ def mask_embedding_grad(weight: torch.Tensor, rows) -> torch.utils.hooks.Removab
 
 def create_steu_optimizer(model: nn.Module, rows, *, lr: float, head_lr: Optional[float],
                           weight_decay: float = 0.0, head_modules: Optional[Sequence[str]] = None,
-                          adamw: bool = False, mask_grad: bool = True) -> RowSparseAdam:
+                          adamw: bool = False, mask_grad: bool = True, betas=(0.9, 0.999),
+                          eps: float = 1e-8) -> RowSparseAdam:
     """The STEU optimizer for ``model``: embedding ``rows`` (row-sparse, lr ``lr``) plus the classifier
     head (dense, lr ``head_lr``; ``None`` leaves the head frozen) in one
     :class:`~steu_ext.optim.RowSparseAdam` (``adamw=True``: decoupled weight decay).
@@ -141,7 +170,8 @@ def create_steu_optimizer(model: nn.Module, rows, *, lr: float, head_lr: Optiona
     saved = _requires_grad_flags(model)
     groups = steu_param_groups(model, emb_name, rows_t, head, lr=lr, head_lr=head_lr)
     try:
-        opt = RowSparseAdam(groups, lr=lr, weight_decay=weight_decay, decoupled_weight_decay=adamw)
+        opt = RowSparseAdam(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                            decoupled_weight_decay=adamw)
     except BaseException:
         _restore_requires_grad(model, saved)
         raise
@@ -376,6 +406,47 @@ def _fingerprint(data: Encoded, forget: Sequence[int], retain: Sequence[int]) ->
     return h.hexdigest()
 
 
+_ADAM_OPTIMS = frozenset({"adamw_torch", "adamw_torch_fused", "adamw_hf", "adamw_apex_fused", "adamw_torch_xla",
+                          "adamw_torch_npu_fused"})
+
+
+def _ta_default(name: str):
+    import dataclasses
+
+    f = TrainingArguments.__dataclass_fields__[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _apply_training_args(args: TrainingArguments, cfg: STEUConfig) -> Dict[str, Any]:
+    """Map the optimisation settings of ``args`` onto ``cfg`` (in place) where they mean the same thing,
+    and warn about those set but unused. Returns the extra optimizer options (betas, eps, adamw).
+
+    ``learning_rate`` (when not the Trainer's default) is the selected rows' rate, ``STEUConfig.lr``
+    (the head keeps ``STEUConfig.head_lr``); ``weight_decay`` (when not 0) is applied decoupled, as the
+    Trainer's AdamW does; ``adam_beta1/2`` and ``adam_epsilon`` are RowSparseAdam's. A rate or decay set
+    differently in both places is a ``ValueError``. ``optim`` other than an AdamW variant is not used (the
+    row-sparse update needs RowSparseAdam): a warning says so."""
+    defaults = STEUConfig()
+    extra: Dict[str, Any] = {"betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon,
+                             "adamw": False}
+    for ta_name, cfg_name in (("learning_rate", "lr"), ("weight_decay", "weight_decay")):
+        value, mine = getattr(args, ta_name), getattr(cfg, cfg_name)
+        if value == _ta_default(ta_name):
+            continue
+        if mine != getattr(defaults, cfg_name) and mine != value:
+            raise ValueError(f"TrainingArguments.{ta_name}={value} and STEUConfig.{cfg_name}={mine} disagree: "
+                             f"set one of them (STEUTrainer uses {ta_name} as STEUConfig.{cfg_name})")
+        setattr(cfg, cfg_name, value)
+        if ta_name == "weight_decay":
+            extra["adamw"] = True
+    optim = str(getattr(args.optim, "value", args.optim))
+    if optim not in _ADAM_OPTIMS:
+        log.warning("STEUTrainer does not use TrainingArguments.optim=%r: the selected embedding rows and the "
+                    "head are trained with the row-sparse Adam(W) steu_ext.optim.RowSparseAdam (learning_rate, "
+                    "weight_decay, adam_beta1/2 and adam_epsilon are honoured)", optim)
+    return extra
+
+
 class _STEUCallback(TrainerCallback):
     """Keeps the pair dataset's epoch in step with the loop (also where accelerate does not forward
     ``set_epoch``, e.g. DDP with a seedable sampler) and writes the STEU state into every checkpoint."""
@@ -384,7 +455,14 @@ class _STEUCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.trainer.train_dataset.set_epoch(int(state.epoch or 0))
+        epoch = int(state.epoch or 0)
+        self.trainer.train_dataset.set_epoch(epoch)
+        self.trainer._refit_directions(epoch)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # forget_loss / utility_loss at least once per epoch, whatever logging_steps says
+        if self.trainer._steu_count:
+            control.should_log = True
 
     def on_save(self, args, state, control, **kwargs):
         if not args.should_save:
@@ -401,7 +479,7 @@ class STEUTrainer(Trainer):
 
     ``texts``/``labels`` are the training corpus (labels: class ids, lists of ids, or a ``[N, C]`` 0/1
     matrix); documents carrying the target form the forget set, the others the retain set. ``target``
-    is a class name (``label_names``, default the model's ``id2label`` when it names the classes) or
+    is a class name (``class_names``, default the model's ``id2label`` when it names the classes) or
     index. Construction tokenizes the corpus (``steu_config.max_length``), counts documents per token and
     class, scores tokens (``measure``) and selects the top ``k`` rows excluding the tokenizer's special
     ids, computes the original model's logits on the retain documents and freezes every parameter but
@@ -420,9 +498,21 @@ class STEUTrainer(Trainer):
 
     def __init__(self, model: nn.Module, args: Optional[TrainingArguments] = None, *, processing_class,
                  texts: Sequence[str], labels, target: Union[int, str],
-                 steu_config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
+                 steu_config: Optional[STEUConfig] = None, class_names: Optional[Sequence[str]] = None,
                  eval_dataset=None, eval_texts: Optional[Sequence[str]] = None, eval_labels=None,
-                 compute_metrics: Optional[Callable] = None, encoded: Optional[Encoded] = None, **kwargs):
+                 compute_metrics: Optional[Callable] = None, encoded: Optional[Encoded] = None,
+                 eval_loss_on: str = "retain", label_names: Optional[Sequence[str]] = None, **kwargs):
+        if label_names is not None:
+            import warnings
+
+            warnings.warn("STEUTrainer(label_names=...) is renamed class_names= (TrainingArguments.label_names "
+                          "means the input keys of the labels, not class names)", DeprecationWarning,
+                          stacklevel=2)
+            if class_names is not None:
+                raise ValueError("pass class_names only (label_names is its deprecated name)")
+            class_names = label_names
+        if eval_loss_on not in ("retain", "all"):
+            raise ValueError(f"eval_loss_on must be 'retain' or 'all', got {eval_loss_on!r}")
         for name in self._FORBIDDEN:
             if kwargs.get(name) is not None:
                 raise ValueError(f"STEUTrainer builds its own {name}; do not pass one")
@@ -439,7 +529,10 @@ class STEUTrainer(Trainer):
             args = TrainingArguments(output_dir="tmp_trainer")
         self._check_args(args)
         cfg = copy.deepcopy(steu_config) if steu_config is not None else STEUConfig()
-        names = list(label_names) if label_names is not None else _config_label_names(model)
+        self._optim_extra = _apply_training_args(args, cfg)
+        self.eval_loss_on = eval_loss_on
+        self._eval_acc: Optional[torch.Tensor] = None
+        names = list(class_names) if class_names is not None else _config_label_names(model)
         # read labels and target strictly here (numpy/pandas/multi-hot rows as matrices, names before positions)
         known = names if names is not None else [str(i) for i in range(model.config.num_labels)]
         if labels is not None and encoded is None:
@@ -528,7 +621,8 @@ class STEUTrainer(Trainer):
             self.optimizer = create_steu_optimizer(
                 self.model if model is None else model, plan.rows if cfg.train_embeddings else None,
                 lr=cfg.lr, head_lr=cfg.head_lr if cfg.train_head else None, weight_decay=cfg.weight_decay,
-                head_modules=cfg.head_modules, mask_grad=False)  # train() manages the mask hook
+                head_modules=cfg.head_modules, mask_grad=False,  # train() manages the mask hook
+                **self._optim_extra)
         return self.optimizer
 
     # -- training -----------------------------------------------------------------------------------
@@ -573,24 +667,84 @@ class STEUTrainer(Trainer):
             raise ValueError("the DDP ranks disagree on the STEU setup (selected rows or tokenized corpus "
                              "differ): give every process the same corpus, tokenizer and STEUConfig")
 
+    def _refit_directions(self, epoch: int) -> None:
+        """``repr_refit_every``: refit the class directions on the edited model (as :func:`unlearn` does)."""
+        every = self.steu_config.repr_refit_every
+        if self.plan.directions is None or not every or not epoch or epoch % every:
+            return
+        plan, cfg = self.plan, self.steu_config
+        plan.directions = class_directions(self.model, plan.data, plan.forget, plan.retain,
+                                           features=cfg.repr_features, C=cfg.repr_C)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "steu_forget" not in inputs:  # evaluation batches: the model's own loss
+            if self._eval_acc is not None and "labels" in inputs:
+                return self._eval_split_loss(model, inputs, return_outputs)
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
         model.eval()  # dropout off (training_step has just called model.train())
         is_forget = inputs["steu_forget"].bool()
         z0 = inputs["steu_teacher_logits"]
-        outputs = model(**{k: v for k, v in inputs.items() if not k.startswith("steu_")})
+        directions = self.plan.directions
+        model_inputs = {k: v for k, v in inputs.items() if not k.startswith("steu_")}
+        if directions is not None:
+            model_inputs["output_hidden_states"] = True
+        outputs = model(**model_inputs)
         z = (outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]).float()
         t, multi = self.plan.target, self.plan.multi_label
         lf = forget_loss(z[is_forget], t, multi)
         lu = utility_loss(z[~is_forget], z0[~is_forget].float(), t, multi)
         loss = lf + self.steu_config.utility_weight * lu
+        lr_ = z.new_zeros(())
+        if directions is not None and bool(is_forget.any()):  # objective="representation" (as in unlearn)
+            lr_ = representation_loss(last_hidden(outputs)[is_forget], inputs["attention_mask"][is_forget],
+                                      directions)
+            loss = loss + self.steu_config.repr_weight * lr_
         if torch.is_grad_enabled():  # training, not a manual evaluation of pair batches
-            terms = torch.stack([lf.detach(), lu.detach()]).float()
+            terms = torch.stack([lf.detach(), lu.detach(), lr_.detach().float()]).float()
             self._steu_sums = terms if self._steu_sums is None else self._steu_sums + terms
             self._steu_count += 1
         return (loss, outputs) if return_outputs else loss
+
+    def _eval_split_loss(self, model, inputs, return_outputs):
+        """The model's own loss per evaluation document, summed separately over the documents without the
+        target (-> ``eval_loss``) and with it (-> ``eval_forget_loss``); returns the batch's retain mean."""
+        y = inputs["labels"]
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        z = (outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]).float()
+        t = self.plan.target
+        if self.plan.multi_label:
+            per_doc = nn.functional.binary_cross_entropy_with_logits(z, y.float(), reduction="none").mean(1)
+            forget = y[:, t] > 0.5
+        else:
+            per_doc = nn.functional.cross_entropy(z, y.long(), reduction="none")
+            forget = y.long() == t
+        r, f = per_doc[~forget], per_doc[forget]
+        acc = torch.stack([r.sum(), r.new_tensor(float(r.numel())), f.sum(), f.new_tensor(float(f.numel()))])
+        self._eval_acc = self._eval_acc + acc.detach().double().cpu()
+        loss = r.mean() if r.numel() else per_doc.sum() * 0
+        return (loss, outputs) if return_outputs else loss
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix: str = "eval"):
+        """The Trainer's loop; with ``eval_loss_on="retain"`` (default), ``{prefix}_loss`` is the model's
+        loss on the documents that do not carry the target (so it can drive ``metric_for_best_model``) and
+        ``{prefix}_forget_loss`` the loss on those that do (it rises as the class is forgotten)."""
+        self._eval_acc = torch.zeros(4, dtype=torch.float64) if self.eval_loss_on == "retain" else None
+        try:
+            out = super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
+                                          ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+            acc = self._eval_acc
+        finally:
+            self._eval_acc = None
+        if acc is not None and acc[1] + acc[3] > 0:
+            if self.args.world_size > 1:
+                acc = self.accelerator.reduce(acc.to(self.args.device), reduction="sum").double().cpu()
+            rs, rn, fs, fn = acc.tolist()
+            out.metrics[f"{metric_key_prefix}_loss"] = rs / rn if rn else float("nan")
+            if fn:
+                out.metrics[f"{metric_key_prefix}_forget_loss"] = fs / fn
+        return out
 
     def log(self, logs: Dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs and self._steu_count:
@@ -598,6 +752,8 @@ class STEUTrainer(Trainer):
             if self.args.world_size > 1:
                 sums = self.accelerator.reduce(sums, reduction="mean")
             logs = {**logs, "forget_loss": float(sums[0]), "utility_loss": float(sums[1])}
+            if self.plan.directions is not None:
+                logs["repr_loss"] = float(sums[2])
             self._steu_sums, self._steu_count = None, 0
         super().log(logs, *args, **kwargs)
 
@@ -970,6 +1126,15 @@ class HDSTrainer(Trainer):
             logs = {**logs, "forget_loss": f, "keep_loss": k}
             self._hds_sums, self._hds_count = None, 0
         super().log(logs, *args, **kwargs)
+
+    def _refit_directions(self, epoch: int) -> None:
+        """``repr_refit_every``: refit the class directions on the edited model (as :func:`unlearn` does)."""
+        every = self.steu_config.repr_refit_every
+        if self.plan.directions is None or not every or not epoch or epoch % every:
+            return
+        plan, cfg = self.plan, self.steu_config
+        plan.directions = class_directions(self.model, plan.data, plan.forget, plan.retain,
+                                           features=cfg.repr_features, C=cfg.repr_C)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "hds_forget" in inputs:   # e.g. evaluation on training batches: the HDS objective

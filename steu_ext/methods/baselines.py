@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._progress import show_progress
 from ._labels import label_matrix, resolve_target
 from ._model import Encoded, embedding_param_name, find_head, is_multi_label, predict_logits
 from .finetune import _output_layer, finetune_cached
@@ -141,7 +142,7 @@ def _schedule(forget: List[int], retain: List[int], cfg: STEUConfig, retain_per_
 def _train(model: nn.Module, params: Dict[str, nn.Parameter], head: Sequence[str], cfg: STEUConfig,
            layer_lr: float, data: Encoded, steps: List[Tuple[int, List[int], List[int]]],
            step_loss: Callable[[torch.Tensor, List[int], List[int]], Tuple[torch.Tensor, Dict[str, float]]],
-           desc: str, progress: bool) -> List[Dict[str, float]]:
+           desc: str, progress: Optional[bool]) -> List[Dict[str, float]]:
     """Adam on ``params`` only (head at ``head_lr``, the rest at ``layer_lr``), eval mode, one forward
     pass per step over forget + retain documents; restores ``requires_grad`` and the training flag."""
     head = set(head)
@@ -159,7 +160,7 @@ def _train(model: nn.Module, params: Dict[str, nn.Parameter], head: Sequence[str
                   {"params": [p for n, p in params.items() if n in head], "lr": cfg.head_lr}]
         opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
         model.eval()
-        if progress:
+        if show_progress(progress):
             from tqdm.auto import tqdm
             bar = tqdm(total=len(steps), desc=desc, unit="step")
         for epoch, fb, rb in steps:
@@ -198,7 +199,7 @@ def _supervised_loss(z: torch.Tensor, y: torch.Tensor, multi: bool) -> torch.Ten
 
 def gradient_ascent(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
                     config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
-                    encoded: Optional[Encoded] = None, progress: bool = False,
+                    encoded: Optional[Encoded] = None, progress: Optional[bool] = None,
                     top_layers: int = DEFAULT_TOP_LAYERS, layer_lr: float = DEFAULT_LAYER_LR
                     ) -> BaselineResult:
     """Gradient ascent: maximise the loss of the target label on forget batches (no retain term), on the
@@ -227,7 +228,7 @@ def gradient_ascent(model: nn.Module, tokenizer, texts: Sequence[str], labels, t
 
 def direct_suppression(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
                        config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
-                       encoded: Optional[Encoded] = None, progress: bool = False,
+                       encoded: Optional[Encoded] = None, progress: Optional[bool] = None,
                        top_layers: int = DEFAULT_TOP_LAYERS, layer_lr: float = DEFAULT_LAYER_LR
                        ) -> BaselineResult:
     """The STEU loss ``forget_loss + utility_weight * utility_loss`` (distillation to the frozen original's
@@ -260,7 +261,7 @@ def direct_suppression(model: nn.Module, tokenizer, texts: Sequence[str], labels
 
 def retain_finetune(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
                     config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
-                    encoded: Optional[Encoded] = None, progress: bool = False,
+                    encoded: Optional[Encoded] = None, progress: Optional[bool] = None,
                     top_layers: int = DEFAULT_TOP_LAYERS, layer_lr: float = DEFAULT_LAYER_LR
                     ) -> BaselineResult:
     """Continue supervised training (the fine-tuning loss on the true labels) of the top ``top_layers``
@@ -290,7 +291,7 @@ def retain_finetune(model: nn.Module, tokenizer, texts: Sequence[str], labels, t
 
 def retrain(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
             config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
-            encoded: Optional[Encoded] = None, progress: bool = False, mode: str = "head",
+            encoded: Optional[Encoded] = None, progress: Optional[bool] = None, mode: str = "head",
             epochs: int = 30, lr: Optional[float] = None, seed: Optional[int] = None,
             cache_dir: Optional[str] = None, prior_bias: bool = False) -> BaselineResult:
     """Retrain from scratch without the forget set: ``model`` must be the *pretrained base* (before the
@@ -307,7 +308,7 @@ def retrain(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *
                  else [n for n, p in model.named_parameters() if p.requires_grad])
     t1 = time.perf_counter()
     losses = finetune_cached(model, data, retain, cache_dir=cache_dir, mode=mode, epochs=epochs, lr=lr, seed=seed,
-                             multi_label=multi, head_modules=cfg.head_modules, progress=progress,
+                             multi_label=multi, head_modules=cfg.head_modules, progress=show_progress(progress),
                              prior_bias=prior_bias)["losses"] or []
     t2 = time.perf_counter()
     history = [{"epoch": e, "loss": v} for e, v in enumerate(losses)]
@@ -337,7 +338,7 @@ def _steu_variant(method: str, change: Dict[str, Any], model, tokenizer, texts, 
 
 def steu_embeddings_only(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
                          config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
-                         encoded: Optional[Encoded] = None, progress: bool = False) -> BaselineResult:
+                         encoded: Optional[Encoded] = None, progress: Optional[bool] = None) -> BaselineResult:
     """STEU ablation: only the selected embedding rows train (``STEUConfig(train_head=False)``)."""
     return _steu_variant("steu_embeddings_only", {"train_head": False}, model, tokenizer, texts, labels,
                          target, config, label_names, encoded, progress)
@@ -345,7 +346,7 @@ def steu_embeddings_only(model: nn.Module, tokenizer, texts: Sequence[str], labe
 
 def steu_head_only(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
                    config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
-                   encoded: Optional[Encoded] = None, progress: bool = False) -> BaselineResult:
+                   encoded: Optional[Encoded] = None, progress: Optional[bool] = None) -> BaselineResult:
     """STEU ablation: only the classification head trains (``STEUConfig(train_embeddings=False)``)."""
     return _steu_variant("steu_head_only", {"train_embeddings": False}, model, tokenizer, texts, labels,
                          target, config, label_names, encoded, progress)
@@ -353,7 +354,7 @@ def steu_head_only(model: nn.Module, tokenizer, texts: Sequence[str], labels, ta
 
 def steu_paper(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
                config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
-               encoded: Optional[Encoded] = None, progress: bool = False) -> BaselineResult:
+               encoded: Optional[Encoded] = None, progress: Optional[bool] = None) -> BaselineResult:
     """STEU with the paper's objective (``STEUConfig(objective="paper")``: forget loss + distillation, no
     representation-level term) — the published, behavioural setting."""
     return _steu_variant("steu_paper", {"objective": "paper"}, model, tokenizer, texts, labels, target, config,
@@ -362,7 +363,7 @@ def steu_paper(model: nn.Module, tokenizer, texts: Sequence[str], labels, target
 
 def steu(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
          config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
-         encoded: Optional[Encoded] = None, progress: bool = False) -> BaselineResult:
+         encoded: Optional[Encoded] = None, progress: Optional[bool] = None) -> BaselineResult:
     """STEU itself (``unlearn`` with ``config`` as given), wrapped in a :class:`BaselineResult`."""
     return _steu_variant("steu", {}, model, tokenizer, texts, labels, target, config, label_names, encoded,
                          progress)
@@ -393,7 +394,7 @@ def _trivial_setup(model, tokenizer, texts, labels, target, config, label_names,
 
 def bias_suppression(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
                      config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
-                     encoded: Optional[Encoded] = None, progress: bool = False,
+                     encoded: Optional[Encoded] = None, progress: Optional[bool] = None,
                      margin: float = DEFAULT_MARGIN) -> BaselineResult:
     """Trivial baseline: lower the target class's output bias (one element) just far enough that no
     training document scores within ``margin`` logits of being predicted as the target.
@@ -423,7 +424,7 @@ def bias_suppression(model: nn.Module, tokenizer, texts: Sequence[str], labels, 
 
 def logit_masking(model: nn.Module, tokenizer, texts: Sequence[str], labels, target, *,
                   config: Optional[STEUConfig] = None, label_names: Optional[Sequence[str]] = None,
-                  encoded: Optional[Encoded] = None, progress: bool = False,
+                  encoded: Optional[Encoded] = None, progress: Optional[bool] = None,
                   margin: float = DEFAULT_MARGIN) -> BaselineResult:
     """Trivial baseline: mask the target logit with a constant. The target's row of the output weight is
     zeroed and its bias set to a constant ``m`` (hidden size + 1 elements), so ``z_t = m`` whatever the

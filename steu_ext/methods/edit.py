@@ -174,7 +174,14 @@ class STEUEdit:
             tensors[f"head.new.{n}"] = self.new_head[n].contiguous()
         md = {"format": FORMAT, "embedding": self.embedding, "head": json.dumps(list(self.new_head)),
               "meta": json.dumps(self.meta)}
-        atomic_write(os.fspath(path), lambda tmp: save_file(tensors, tmp, metadata=md))
+
+        def write(tmp: str) -> None:
+            from .._fsutil import chmod_like_new
+
+            save_file(tensors, tmp, metadata=md)
+            chmod_like_new(tmp)  # safetensors writes 0600; give the edit the permissions of the report beside it
+
+        atomic_write(os.fspath(path), write)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "STEUEdit":

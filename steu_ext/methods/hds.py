@@ -93,6 +93,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._progress import show_progress
 from ..data.concepts import PRESERVE, TARGET, ConceptHierarchy
 from ..data.qa import QAItem
 from ..eval.qa import accuracy, continuation_of, encode_qa, prompt_of, token_logprobs
@@ -693,6 +694,9 @@ def save_adapter(folder: Union[str, os.PathLike], state: Dict[str, torch.Tensor]
         with open(os.path.join(tmp, ADAPTER_META), "w") as f:
             json.dump({"format": ADAPTER_FORMAT, "base_fingerprint": fingerprint, **(info or {})}, f, indent=1,
                       default=_json_default)
+        from .._fsutil import chmod_tree_like_new
+
+        chmod_tree_like_new(tmp)  # safetensors writes 0600: the adapter gets the permissions of its JSON files
         if os.path.exists(folder):
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -870,7 +874,7 @@ def make_optimizer(params: List[torch.Tensor], cfg: HDSConfig) -> torch.optim.Op
 
 def unlearn(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Sequence[QAItem], *,
             hierarchy: Optional[ConceptHierarchy] = None, config: Optional[HDSConfig] = None,
-            monitor: Optional[Callable[[nn.Module, int], bool]] = None, progress: bool = False,
+            monitor: Optional[Callable[[nn.Module, int], bool]] = None, progress: Optional[bool] = None,
             merge: bool = True) -> HDSResult:
     """Unlearn the ``forget`` items' knowledge from a causal LM while keeping the ``retain`` items'.
 
@@ -902,7 +906,7 @@ def unlearn(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Seque
     history: List[Dict[str, float]] = []
     steps, epochs = 0, 0
     bar = None
-    if progress:
+    if show_progress(progress):
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.epochs, desc="HDS", unit="epoch")
     for epoch in range(cfg.epochs):
