@@ -147,9 +147,11 @@ def _remove_created(dirs: list) -> None:
 
 
 @contextlib.contextmanager
-def output_dir(path: str, overwrite: bool = False, inputs: Sequence[Optional[str]] = ()) -> Iterator[str]:
-    """Yield a new temporary sibling folder of ``path``; if the block succeeds, mark it as ours and rename it
-    to ``path`` (replacing an old folder of ours); if it fails, remove only what this call created."""
+def output_dir(path: str, overwrite: bool = False, inputs: Sequence[Optional[str]] = (),
+               finalize: Optional[Callable[[str, str], None]] = None) -> Iterator[str]:
+    """Yield a new temporary sibling folder of ``path``; if the block succeeds, run ``finalize(tmp, final)``
+    (e.g. fix paths recorded in reports), mark it as ours and rename it to ``path`` (replacing an old folder
+    of ours); if anything fails, remove only what this call created."""
     real = check_output_dir(path, overwrite, inputs)
     parent, name = os.path.dirname(real), os.path.basename(real)
     created = _make_parents(parent)
@@ -163,6 +165,8 @@ def output_dir(path: str, overwrite: bool = False, inputs: Sequence[Optional[str
     old = None
     try:
         yield tmp
+        if finalize is not None:
+            finalize(tmp, real)
         with open(os.path.join(tmp, MARKER), "w") as f:
             f.write("written by steu_ext; `--overwrite` may replace this folder\n")
         check_output_dir(path, overwrite, inputs)   # still safe (nothing appeared meanwhile)
