@@ -79,7 +79,7 @@ def check_output_dir(path: str, overwrite: bool, inputs: Sequence[Optional[str]]
             ours = any(os.path.exists(os.path.join(real, m)) for m in marker_files)
             if not ours:
                 raise OutputPathError(f"output folder {raw} exists, is not empty and was not written by steu "
-                                      f"(no {marker_files[0]} file): not replacing it; name a new folder")
+                                      f"(no {marker_files[0]} file): not replacing it, not even with --overwrite; name a new folder")
             if not overwrite:
                 raise OutputPathError(f"output folder {raw} already exists (use --overwrite to replace it)")
     return real
