@@ -90,7 +90,24 @@ def available_backends(op: str, device: Union[str, torch.device]) -> Dict[str, O
 
 
 def resolve(op: str, device: Union[str, torch.device]) -> Tuple[str, Callable]:
-    """The backend name and function that run ``op`` on ``device``."""
+    """The backend name and function that run ``op`` on ``device``.
+
+    Under ``torch.compile`` the choice is made once, outside the traced code (the availability checks take
+    locks, may build the extension and register the fake kernels, none of which Dynamo can trace), and
+    baked into the graph: changing ``STEU_EXT_BACKEND`` afterwards needs ``torch._dynamo.reset()``."""
+    if torch.compiler.is_compiling():
+        name = _resolve_name_constant(op, str(torch.device(device)))
+        return name, _KERNELS[(op, name)].fn
+    return _resolve(op, device)
+
+
+@torch._dynamo.assume_constant_result
+def _resolve_name_constant(op: str, device: str) -> str:
+    """:func:`resolve`'s backend name, run eagerly when Dynamo meets it (its result is a graph constant)."""
+    return _resolve(op, device)[0]
+
+
+def _resolve(op: str, device: Union[str, torch.device]) -> Tuple[str, Callable]:
     device = torch.device(device)
     want = _requested(op)
     if want is not None:

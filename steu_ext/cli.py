@@ -19,14 +19,12 @@ leaves no partial output behind.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import logging
 import os
-import shutil
 import sys
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -79,28 +77,39 @@ def _load_data(a):
     return load_text_classification(a.data, a.text_column, a.label_column, a.label_sep)
 
 
-@contextlib.contextmanager
-def _output_dir(path: str, overwrite: bool) -> Iterator[str]:
-    """Yield a temporary sibling folder; rename it to ``path`` only if the block succeeds."""
-    if os.path.exists(path) and not overwrite:
-        raise BadInput(f"output folder {path} already exists (use --overwrite)")
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(path))}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        yield tmp
-        _final_paths(tmp, os.path.abspath(path))
-        from ._fsutil import chmod_tree_like_new
+def _check_out(path: str, overwrite: bool, inputs=()) -> None:
+    """The `_output_dir` checks, up front (before any slow work)."""
+    from ._outdir import check_output_dir
 
-        chmod_tree_like_new(tmp)  # safetensors files are 0600 otherwise: edits, models and reports alike
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    check_output_dir(path, overwrite, inputs)
+
+
+def _finalize_output(tmp: str, final: str) -> None:
+    _final_paths(tmp, final)
+    from ._fsutil import chmod_tree_like_new
+
+    chmod_tree_like_new(tmp)  # safetensors files are 0600 otherwise: edits, models and reports alike
+
+
+def _output_dir(path: str, overwrite: bool, inputs=()):
+    """A temporary sibling folder renamed to ``path`` only if the block succeeds (see :mod:`steu_ext._outdir`:
+    refuses ``.``, home, a folder holding an input, and any non-empty folder steu did not write); reports
+    name the final paths and files get the umask's permissions."""
+    from ._outdir import output_dir
+
+    return output_dir(path, overwrite, inputs, finalize=_finalize_output)
+
+
+def _check_model_path(name: Optional[str], what: str = "model folder") -> None:
+    """A ``--model`` that is clearly a local path (absolute, ``./``, ``~``, or more than ``org/name``) but does
+    not exist: say so, instead of the hub's repo-id error."""
+    if not name or os.path.exists(name):
+        return
+    n = str(name)
+    looks_local = (os.path.isabs(n) or n.startswith((".", "~")) or n.endswith(("/", os.sep))
+                   or n.count("/") > 1 or (os.sep != "/" and os.sep in n))
+    if looks_local:
+        raise BadInput(f"{what} not found: {n}")
 
 
 def _final_paths(tmp: str, final: str) -> None:
@@ -127,8 +136,7 @@ def _load_trained(model_path: str, label_names: Optional[List[str]] = None):
     trained classification head, and a label set different from the data's."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    if not os.path.exists(model_path) and os.sep in model_path:
-        raise BadInput(f"model folder not found: {model_path}")
+    _check_model_path(model_path)
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(model_path, output_loading_info=True)
     except (OSError, ValueError) as e:
@@ -158,6 +166,8 @@ def _save_model(model, tok, path: str) -> None:
 def cmd_demo(a) -> int:
     from .methods.experiment import DEFAULT_MODEL, offline_minilm_path, run_experiment, summary_table
 
+    _check_out(a.out, a.overwrite, [a.data, a.model])
+    _check_model_path(a.model)
     if a.data:
         data, source = _load_data(a), a.data
     else:
@@ -170,9 +180,12 @@ def cmd_demo(a) -> int:
     model = a.model or DEFAULT_MODEL
     if model == DEFAULT_MODEL and offline_minilm_path() is None:
         print(f"note: {DEFAULT_MODEL} is not installed; using a small randomly initialised BERT", file=sys.stderr)
-    target = a.target if a.target is not None else 0
+    from .methods._labels import resolve_target
+
+    # names before positions (classes named "1".."5"), ambiguity refused: resolved here, passed as a position
+    target = resolve_target(a.target, data.label_names) if a.target is not None else 0
     print(f"data: {source}: {len(data)} documents, classes {data.label_names}")
-    with _output_dir(a.out, a.overwrite) as tmp:
+    with _output_dir(a.out, a.overwrite, [a.data, a.model]) as tmp:
         report = run_experiment(data, target, model=model, out_dir=tmp, config=_config(a),
                                 test_fraction=a.test_fraction, finetune_epochs=a.finetune_epochs,
                                 finetune_mode=a.finetune_mode, finetune_lr=a.finetune_lr,
@@ -196,12 +209,57 @@ def _default_workers() -> int:
     return per_rank - 1 if per_rank >= 2 else 0
 
 
+def _check_pmi_out(a, summary_file: str, checkpoint_dir: str) -> None:
+    """`steu pmi --out`: refuse unsafe folders (see :mod:`steu_ext._outdir`); an existing folder must be one
+    of ours (marker, summary or checkpoints) and, once finished, needs --overwrite."""
+    from ._outdir import MARKER, check_output_dir
+
+    out = a.out
+    check_output_dir(out, True, [a.data, a.model], marker_files=(MARKER, summary_file, checkpoint_dir))
+    if os.path.isdir(out) and os.path.exists(os.path.join(out, summary_file)) and not a.overwrite:
+        raise BadInput(f"output folder {out} already exists (use --overwrite)")
+
+
+def _prepare_pmi_out(out: str, overwrite: bool) -> None:
+    """Empty an old folder of ours (with --overwrite) and (re)create ``out`` with our marker file."""
+    import shutil
+
+    from ._outdir import MARKER
+
+    if overwrite and os.path.isdir(out) and os.listdir(out):
+        shutil.rmtree(out)   # checked by _check_pmi_out: a folder steu wrote
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, MARKER), "w") as f:
+        f.write("written by steu_ext; `--overwrite` may replace this folder\n")
+
+
+def _remove_if_unused(out: str) -> None:
+    """Remove ``out`` if it holds nothing but our marker (and empty folders)."""
+    import shutil
+
+    from ._outdir import MARKER
+
+    for root, _dirs, files in os.walk(out):
+        if any(f != MARKER or root != out for f in files):
+            return
+    shutil.rmtree(out, ignore_errors=True)
+
+
 def cmd_pmi(a) -> int:
     """Stream the corpus, count with checkpoints (resumable, torchrun-aware), write counts and tables."""
     from transformers import AutoTokenizer
 
     from .data.corpus_pmi import CHECKPOINT_DIR, SUMMARY_FILE, init_distributed, precompute_pmi
 
+    # cheap checks first: none of these may wait until the whole corpus has been counted
+    if a.k < 1:
+        raise BadInput(f"--k must be >= 1, got {a.k}")
+    if a.min_count < 0:
+        raise BadInput(f"--min-count must be >= 0, got {a.min_count}")
+    if a.alpha < 0:
+        raise BadInput(f"--alpha must be >= 0, got {a.alpha}")
+    _hds_device(a.device)
+    _check_model_path(a.model)
     try:
         tok = AutoTokenizer.from_pretrained(a.model)
     except (OSError, ValueError) as e:
@@ -217,19 +275,12 @@ def cmd_pmi(a) -> int:
     out = a.out
     # Written in place (not via _output_dir) so that a killed run can resume from out/checkpoints;
     # summary.json is written last and marks a finished run.
-    if os.path.exists(out):
-        if not os.path.isdir(out):
-            raise BadInput(f"--out {out} exists and is not a folder")
-        finished = os.path.exists(os.path.join(out, SUMMARY_FILE))
-        resumable = os.path.isdir(os.path.join(out, CHECKPOINT_DIR))
-        if finished and not a.overwrite:
-            raise BadInput(f"output folder {out} already exists (use --overwrite)")
-        if not (finished or resumable or a.overwrite) and os.listdir(out):
-            raise BadInput(f"output folder {out} exists and is not a `steu pmi` folder (use --overwrite)")
+    _check_pmi_out(a, SUMMARY_FILE, CHECKPOINT_DIR)
     rank, world, started = init_distributed(a.device)
+    fresh = not os.path.exists(out)
     try:
-        if a.overwrite and rank == 0 and os.path.isdir(out):
-            shutil.rmtree(out)
+        if rank == 0:
+            _prepare_pmi_out(out, a.overwrite)
         if world > 1:
             import torch.distributed as dist
 
@@ -244,6 +295,10 @@ def cmd_pmi(a) -> int:
                             unknown_labels=a.unknown_labels, on_malformed=a.on_malformed, progress=not a.quiet,
                             counts_format=a.counts_format,
                             extra_summary={"tokenizer_name": a.model, "workers_per_rank": workers})
+    except BaseException:
+        if rank == 0 and fresh:
+            _remove_if_unused(out)   # a run that stopped before any checkpoint leaves no folder behind
+        raise
     finally:
         if started:
             import torch.distributed as dist
@@ -266,8 +321,8 @@ def cmd_pmi(a) -> int:
 
 
 def _encode_eval(tok, data, names, max_length):
+    from .methods._labels import label_matrix
     from .methods._model import Encoded
-    from .methods.steu import label_matrix
 
     return Encoded(tok, data.text, label_matrix(data.labels, len(names)), max_length)
 
@@ -331,9 +386,11 @@ def cmd_unlearn(a) -> int:
 
     from .eval.metrics import modified_parameters, snapshot
     from .eval.report import write_json
+    from .methods._labels import resolve_target
     from .methods._model import is_multi_label
-    from .methods.steu import resolve_target, unlearn
+    from .methods.steu import unlearn
 
+    _check_out(a.out, a.overwrite, [a.data, a.eval_data, a.model, a.counts])
     data = _load_data(a)
     eval_data = None
     if a.eval_data:
@@ -357,7 +414,7 @@ def cmd_unlearn(a) -> int:
     if eval_data is not None:
         _check_same_labels(eval_data, names, "evaluation data's")
         enc_eval = _encode_eval(tok, _remap(eval_data, names), names, a.max_length)
-    with _output_dir(a.out, a.overwrite) as tmp:
+    with _output_dir(a.out, a.overwrite, [a.data, a.eval_data, a.model, a.counts]) as tmp:
         before = _f1_report(model, enc_eval, target, names, multi) if enc_eval else None
         original = snapshot(model)
         t0 = time.perf_counter()
@@ -396,9 +453,9 @@ def cmd_unlearn(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
+    from .methods._labels import resolve_target
     from .methods._model import is_multi_label
     from .methods.edit import STEUEdit
-    from .methods.steu import resolve_target
 
     data = _load_data(a)
     model, tok, names = _load_trained(a.model)
@@ -432,6 +489,8 @@ def cmd_evaluate(a) -> int:
     if a.out:
         from .eval.report import write_json
 
+        if os.path.isdir(a.out):
+            raise BadInput(f"--out {a.out} is a folder; name a JSON file")
         if os.path.exists(a.out) and not a.overwrite:
             raise BadInput(f"{a.out} already exists (use --overwrite)")
         write_json(a.out, rep)
@@ -442,6 +501,7 @@ def cmd_compare(a) -> int:
     from .methods.compare import METHODS, format_table, run_compare
     from .methods.experiment import DEFAULT_MODEL
 
+    _check_out(a.out, a.overwrite, [a.data, a.model, a.cache_dir])
     methods = [m.strip() for m in a.methods.split(",") if m.strip()] if a.methods else list(METHODS)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -483,18 +543,21 @@ def cmd_compare(a) -> int:
               probe_fraction=a.probe_fraction if not a.no_probe else 0.0, max_train_docs=a.max_train_docs,
               cache_dir=a.cache_dir, top_layers=a.top_layers, progress=not a.quiet, probe=not a.no_probe,
               relearn=not a.no_relearn, inspect_edits=not a.no_inspect, probe_config=pcfg, relearn_config=rcfg)
-    target = a.target if a.target is not None else 0
+    from .methods._labels import resolve_target
+
+    # names before positions (classes named "1".."5"), ambiguity refused: resolved here, passed as a position
+    target = resolve_target(a.target, data.label_names) if a.target is not None else 0
     if seeds is not None:
         from .methods.compare import run_scorecard
 
-        with _output_dir(a.out, a.overwrite) as tmp:
+        with _output_dir(a.out, a.overwrite, [a.data, a.model, a.cache_dir]) as tmp:
             res = run_scorecard(data, [target], seeds=seeds, out_dir=tmp, **kw)
         with open(os.path.join(a.out, "scorecard.md")) as f:
             print(f.read())
         print(f"scorecard: {a.out}/scorecard.md (+ .json, scorecard_probe_vs_retain.png); per seed: "
               f"{a.out}/{next(iter(res['by_target'])).replace(os.sep, '_')}/seed_N/")
         return EXIT_OK
-    with _output_dir(a.out, a.overwrite) as tmp:
+    with _output_dir(a.out, a.overwrite, [a.data, a.model, a.cache_dir]) as tmp:
         report = run_compare(data, target, seed=a.seed, out_dir=tmp, **kw)
     print(format_table(report))
     print("\nscorecard:\n" + format_scorecard(report))
@@ -509,15 +572,15 @@ def _edit_cmd(a, revert: bool) -> int:
 
     from .methods.edit import STEUEdit
 
+    _check_out(a.out, a.overwrite, [a.model, a.edit])
     edit = STEUEdit.load(a.edit)
-    if not os.path.exists(a.model) and os.sep in a.model:
-        raise BadInput(f"model folder not found: {a.model}")
+    _check_model_path(a.model)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(a.model)
         tok = AutoTokenizer.from_pretrained(a.model)
     except (OSError, ValueError) as e:
         raise BadInput(f"cannot load a sequence classifier from {a.model!r}: {str(e).splitlines()[0]}") from None
-    with _output_dir(a.out, a.overwrite) as tmp:
+    with _output_dir(a.out, a.overwrite, [a.model, a.edit]) as tmp:
         (edit.revert if revert else edit.apply)(model, check=not a.force)
         _save_model(model, tok, tmp)
     print(f"{'reverted' if revert else 'applied'} edit {a.edit} ({edit.row_ids.numel()} rows, "
@@ -565,7 +628,8 @@ def cmd_edits(a) -> int:
     same = os.path.abspath(a.out) == os.path.abspath(a.model)
     if same and not a.overwrite:
         raise BadInput("--out is the model folder: pass --overwrite to update it in place")
-    with _output_dir(a.out, a.overwrite) as tmp:
+    # in place (--out is --model, with --overwrite): allowed only for a folder steu wrote (marker file)
+    with _output_dir(a.out, a.overwrite, [getattr(a, "edit", None)] + ([] if same else [a.model])) as tmp:
         _save_model(model, tok, tmp)
         stack.save(tmp)
     print(f"{what}: {len(stack.entries)} edit(s) applied, saved to {a.out}")
@@ -623,6 +687,7 @@ def cmd_hds(a) -> int:
     from .eval.report import write_json
     from .methods import hds
 
+    _check_out(a.out, a.overwrite, [a.data, a.model, a.hierarchy])
     if bool(a.model) == bool(a.teach_tiny):
         raise BadInput("give exactly one of --model (a causal LM folder or name) and --teach-tiny")
     if not 0.0 <= a.never_seen_fraction < 1.0:
@@ -684,8 +749,7 @@ def cmd_hds(a) -> int:
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if not os.path.exists(a.model) and os.sep in a.model:
-            raise BadInput(f"model folder not found: {a.model}")
+        _check_model_path(a.model)
         try:
             model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype)
             tok = AutoTokenizer.from_pretrained(a.model)
@@ -702,7 +766,7 @@ def cmd_hds(a) -> int:
         print(f"question target {q_est['value']:.3f} nats/token: median question NLL of the model on {q_est['n']} "
               "never-seen items (stop half)")
     cfg.validate()
-    with _output_dir(a.out, a.overwrite) as tmp:
+    with _output_dir(a.out, a.overwrite, [a.data, a.model, a.hierarchy]) as tmp:
         before = evaluate_qa(model, tok, f_rep, retain, n_rep or None, **kw)
         t0 = time.perf_counter()
         monitor = None
@@ -1077,8 +1141,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip() or type(e).__name__
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
+        msg = f"{msg}: {e.filename}"
+    return " ".join(line.strip() for line in msg.splitlines() if line.strip())
+
+
+def _sigterm_as_exit():
+    """SIGTERM (a job scheduler, ``kill``) as SystemExit, so that temporary outputs are cleaned up; returns the
+    handler to restore (None when not in the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     a = build_parser().parse_args(argv)
+    previous = _sigterm_as_exit()
+    try:
+        return _main(a)
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(a) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -1086,8 +1183,17 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         hf_logging.set_verbosity_error()
         return a.func(a)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"steu {a.command}: error: {e}", file=sys.stderr)
+    except KeyError as e:   # a missing key/column: say what was missing, not just its repr
+        print(f"steu {a.command}: error: missing entry {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (FileNotFoundError, ValueError) as e:
+        print(f"steu {a.command}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RecursionError:
+        print(f"steu {a.command}: error: an input file is nested too deeply to read", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:   # unwritable or full output folder, over-long path, unreadable input, ...
+        print(f"steu {a.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"steu {a.command}: interrupted", file=sys.stderr)

@@ -442,7 +442,7 @@ def test_unlearn_with_precomputed_counts(small_model, tmp_path, capsys):
         )
         == 0
     )
-    table = json.loads((tmp_path / "pmi" / "top_tokens.json").read_text())["4"]  # --target 3 = index 3
+    table = json.loads((tmp_path / "pmi" / "top_tokens.json").read_text())["3"]  # --target 3: the class named 3
     assert (tmp_path / "pmi" / "top_tokens_2.csv").read_text().count("\n") == 13  # header + k rows
     assert (
         main(

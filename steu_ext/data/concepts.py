@@ -310,8 +310,13 @@ def load_hierarchy(path: Union[str, os.PathLike]) -> ConceptHierarchy:
             raise ValueError(f"{path}: unknown hierarchy file type {ext!r} (use .yaml, .yml or .json)")
     except (json.JSONDecodeError, ImportError) as e:
         raise ValueError(f"{path}: cannot parse: {e}") from e
+    except RecursionError:
+        raise ValueError(f"{path}: cannot parse: nested too deeply") from None
     except Exception as e:  # yaml.YAMLError without importing yaml at module level
         if type(e).__module__.startswith("yaml"):
             raise ValueError(f"{path}: cannot parse YAML: {e}") from e
         raise
-    return ConceptHierarchy.from_dict(data, source=path)
+    try:
+        return ConceptHierarchy.from_dict(data, source=path)
+    except RecursionError:
+        raise ValueError(f"{path}: the hierarchy is nested too deeply") from None

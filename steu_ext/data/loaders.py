@@ -114,6 +114,8 @@ def _read_table(path: str, columns: Sequence[str]) -> Dict[str, list]:
         ext = Path(path[:-3]).suffix.lower()
     if ext not in _FORMATS:
         raise ValueError(f"unsupported data file type {ext!r} ({path}); use CSV, TSV, JSONL or parquet")
+    if ext in (".csv", ".tsv", ".jsonl", ".ndjson"):   # line numbers for structural problems (#13)
+        _check_structure(path, columns)
     try:
         if _FORMATS[ext] == "parquet":
             import gzip
@@ -143,6 +145,22 @@ def _read_table(path: str, columns: Sequence[str]) -> Dict[str, list]:
     if missing:
         raise ValueError(f"{path} has no column(s) {missing}; its columns are {header}")
     return {c: [r.get(c) for r in rows] for c in columns}
+
+
+# what the in-memory readers below would miss or report without a line number; the rest they report themselves
+_STRUCTURAL = ("malformed quoting", "not valid UTF-8", "JSON nested too deeply")
+
+
+def _check_structure(path: str, columns: Sequence[str]) -> None:
+    """Read the file once with the streaming reader so that a structural problem (an unclosed quote, a
+    wrong field count, bytes that are not UTF-8, invalid JSON, an endless line) is a ``ValueError`` with
+    its line number before anything else reads it. Empty texts and missing labels are left to the caller."""
+    from .stream import Skipped, iter_records
+
+    text_column, label_column = columns[0], columns[-1]
+    for r in iter_records(path, text_column, label_column):
+        if isinstance(r, Skipped) and r.reason.startswith(_STRUCTURAL):
+            raise ValueError(f"{path}: line {r.line}: {r.reason}")
 
 
 def load_text_classification(path: str, text_column: str = "text", label_column: str = "label",

@@ -13,10 +13,8 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import io
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -149,60 +147,139 @@ def _make(index, line, text, cell, label_sep) -> Union[Record, Skipped]:
     return Record(index, line, text, labels)
 
 
-def _csv_records(path, gz, delimiter, text_column, label_column, label_sep, start, want, where):
-    csv.field_size_limit(sys.maxsize)
+MAX_RECORD_BYTES = 64 << 20
+"""Longest line / record (bytes of UTF-8) the CSV/JSONL readers accept: a longer one (an endless line such as
+``/dev/zero``, or an unclosed quote swallowing the file) is a ``ValueError`` naming the line, not an
+out-of-memory crash. Override per call (``max_record_bytes``) or with ``STEU_EXT_MAX_RECORD_BYTES``."""
+
+
+def _record_cap(max_record_bytes: Optional[int]) -> int:
+    if max_record_bytes is None:
+        env = os.environ.get("STEU_EXT_MAX_RECORD_BYTES")
+        max_record_bytes = int(env) if env else MAX_RECORD_BYTES
+    if max_record_bytes < 1:
+        raise ValueError(f"max_record_bytes must be >= 1, got {max_record_bytes}")
+    return int(max_record_bytes)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.3g} MiB" if n >= 1 << 20 else f"{n} bytes"
+
+
+class _Lines:
+    """Physical lines of a binary stream, each at most ``cap`` bytes (else ``ValueError`` with the line
+    number), the UTF-8 BOM of the first line dropped. ``decode=True``: lines as text, an invalid UTF-8 line
+    replaced (U+FFFD) and its number and reason kept in :attr:`bad` for the caller to skip the record."""
+
+    def __init__(self, stream, cap: int, path: str, decode: bool):
+        self.stream, self.cap, self.path, self.decode = stream, cap, path, decode
+        self.n = 0
+        self.bad: dict = {}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        raw = self.stream.readline(self.cap + 1)
+        if not raw:
+            raise StopIteration
+        self.n += 1
+        if len(raw) > self.cap and not raw.endswith(b"\n"):
+            raise ValueError(f"{self.path}: line {self.n} is longer than {_mib(self.cap)} (the record-length cap; "
+                             "is this a text file with one record per line? raise STEU_EXT_MAX_RECORD_BYTES for "
+                             "longer records)")
+        if self.n == 1 and raw.startswith(b"\xef\xbb\xbf"):   # UTF-8 BOM (Excel)
+            raw = raw[3:]
+        if not self.decode:
+            return raw
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            self.bad[self.n] = f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+            return raw.decode("utf-8", errors="replace")
+
+
+def _csv_records(path, gz, delimiter, text_column, label_column, label_sep, start, want, where,
+                 max_record_bytes=None):
+    cap = _record_cap(max_record_bytes)
     try:
         with _Source(path, gz) as src:
             if where is not None:
                 where[0] = src.pos
-            f = io.TextIOWrapper(src.stream, encoding="utf-8", newline="")
-            reader = csv.reader(f, delimiter=delimiter)
+            lines = _Lines(src.stream, cap, path, decode=True)
+            # strict: a quote error is reported (and skipped), not silently glued into a field; an unclosed
+            # quote at the end of the file is an error naming the line where the record starts
+            reader = csv.reader(lines, delimiter=delimiter, strict=True)
+
+            def read():
+                csv.field_size_limit(cap)   # process-wide setting: set before every read
+                return next(reader)
+
             try:
-                header = next(reader)
+                header = read()
             except StopIteration:
                 raise ValueError(f"{path} is empty: no header row") from None
+            except csv.Error as e:
+                raise ValueError(f"{path}: line 1: unreadable CSV header ({e})") from None
+            if 1 in lines.bad:
+                raise ValueError(f"{path}: line 1 (the header) is {lines.bad[1]}; re-encode the file as UTF-8")
             missing = [c for c in (text_column, label_column) if c not in header]
             if missing:
                 raise ValueError(f"{path} has no column(s) {missing}; its columns are {header}")
             ti, li, width = header.index(text_column), header.index(label_column), len(header)
             index, prev_line = 0, reader.line_num
             while True:
+                line = prev_line + 1
+                err = None
                 try:
-                    row = next(reader)
+                    row = read()
                 except StopIteration:
                     return
                 except csv.Error as e:
-                    raise ValueError(f"{path}: line {prev_line + 1}: unreadable CSV ({e})") from None
-                line, prev_line = prev_line + 1, reader.line_num
+                    msg = str(e)
+                    if "unexpected end of data" in msg:
+                        raise ValueError(f"{path}: line {line}: unclosed quote: the quoted field starting on line "
+                                         f"{line} runs to the end of the file (line {reader.line_num})") from None
+                    if "field larger than field limit" in msg:
+                        raise ValueError(f"{path}: line {line}: a field longer than {_mib(cap)} (the record-length "
+                                         "cap): an unclosed quote? raise STEU_EXT_MAX_RECORD_BYTES for longer "
+                                         "records") from None
+                    err, row = msg, None
+                end, prev_line = reader.line_num, reader.line_num
+                bad = [lines.bad.pop(n) for n in sorted(lines.bad) if n <= end]
                 if index >= start and (want is None or want(index)):
-                    if not row:
+                    span = f" (record spans lines {line}-{end})" if end > line else ""
+                    if err is not None:
+                        yield Skipped(index, line, f"malformed quoting ({err}){span}")
+                    elif bad:
+                        yield Skipped(index, line, bad[0])
+                    elif not row:
                         yield Skipped(index, line, "empty line")
                     elif len(row) != width:
-                        yield Skipped(index, line, f"expected {width} fields, found {len(row)}")
+                        yield Skipped(index, line, f"expected {width} fields, found {len(row)}{span}")
                     else:
                         yield _make(index, line, row[ti], row[li], label_sep)
                 index += 1
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not valid UTF-8 ({e}); re-encode it as UTF-8") from None
     except (OSError, EOFError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise ValueError(f"{path}: cannot read ({e})") from None
 
 
-def _jsonl_records(path, gz, text_column, label_column, label_sep, start, want, where):
+def _jsonl_records(path, gz, text_column, label_column, label_sep, start, want, where, max_record_bytes=None):
+    cap = _record_cap(max_record_bytes)
     try:
         with _Source(path, gz) as src:
             if where is not None:
                 where[0] = src.pos
-            for index, raw in enumerate(src.stream):
+            for index, raw in enumerate(_Lines(src.stream, cap, path, decode=False)):
                 if index < start or (want is not None and not want(index)):  # not even decoded
                     continue
                 line = index + 1
                 try:
                     s = raw.decode("utf-8").strip()
                 except UnicodeDecodeError as e:
-                    yield Skipped(index, line, f"not valid UTF-8 ({e.reason})")
+                    yield Skipped(index, line, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
                     continue
                 if not s:
                     yield Skipped(index, line, "empty line")
@@ -211,6 +288,9 @@ def _jsonl_records(path, gz, text_column, label_column, label_sep, start, want, 
                     obj = json.loads(s)
                 except json.JSONDecodeError as e:
                     yield Skipped(index, line, f"invalid JSON ({e.msg} at column {e.colno})")
+                    continue
+                except RecursionError:
+                    yield Skipped(index, line, "JSON nested too deeply")
                     continue
                 if not isinstance(obj, dict):
                     yield Skipped(index, line, f"a JSON {type(obj).__name__}, not an object")
@@ -374,19 +454,24 @@ def iter_records(
     start: int = 0,
     want: Optional[Callable[[int], bool]] = None,
     where: Optional[list] = None,
+    max_record_bytes: Optional[int] = None,
 ) -> Iterator[Union[Record, Skipped]]:
     """Every record of ``path`` from ordinal ``start`` on, in file order, as :class:`Record` or
     :class:`Skipped` (empty text, no label, wrong field count, invalid JSON, ...); with ``want``, only
     the records whose ordinal it accepts (the others are not even decoded where the format allows).
-    ``where[0]`` is set to a function returning the number of bytes of the file read so far (progress)."""
+    ``where[0]`` is set to a function returning the number of bytes of the file read so far (progress).
+    CSV/JSONL: a line or record longer than ``max_record_bytes`` (default :data:`MAX_RECORD_BYTES`) and an
+    unclosed quote at the end of the file are ``ValueError`` naming the line; a line that is not UTF-8 is
+    skipped with its line number (both formats); a UTF-8 BOM is ignored."""
     _check_exists(path)
     kind, gz = detect_format(path, fmt)
     if kind in ("csv", "tsv"):
         return _csv_records(
-            path, gz, "\t" if kind == "tsv" else ",", text_column, label_column, label_sep, start, want, where
+            path, gz, "\t" if kind == "tsv" else ",", text_column, label_column, label_sep, start, want, where,
+            max_record_bytes,
         )
     if kind == "jsonl":
-        return _jsonl_records(path, gz, text_column, label_column, label_sep, start, want, where)
+        return _jsonl_records(path, gz, text_column, label_column, label_sep, start, want, where, max_record_bytes)
     if kind == "arrow":
         if gz:
             raise ValueError(f"{path}: gzipped Arrow files are not supported")

@@ -27,16 +27,18 @@ def versions() -> Dict[str, Optional[str]]:
 
 
 def write_json(path: str, report: Dict[str, Any]) -> str:
-    """Write ``report`` atomically (temp file + rename)."""
+    """Write ``report`` atomically (temp file + rename; the temp file is removed on failure)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     report = dict(report)
     report.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     report.setdefault("versions", versions())
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2, default=str)
-    os.replace(tmp, path)
-    return path
+    from .._outdir import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+
+    return atomic_write(path, write)
 
 
 def plot_f1(path: str, label_names: Sequence[str], before: Sequence[float], after: Sequence[float],

@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib
 
 _HF = ("STEUTrainer", "STEUPairDataset", "STEUExample", "STEUCollator", "EncodedDataset", "encode_dataset",
-       "steu_compute_metrics", "create_steu_optimizer", "mask_embedding_grad", "load_edited")
+       "steu_compute_metrics", "create_steu_optimizer", "release_steu_optimizer", "mask_embedding_grad",
+       "load_edited")
 
 __all__ = list(_HF)
 

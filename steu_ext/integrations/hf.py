@@ -84,6 +84,7 @@ import hashlib
 import json
 import logging
 import os
+import weakref
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -95,6 +96,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..eval.metrics import per_class_f1, unlearning_f1
+from ..methods._labels import label_matrix, resolve_target
 from ..methods._model import (
     Encoded,
     embedding_param_name,
@@ -108,7 +110,6 @@ from ..methods.steu import (
     STEUConfig,
     class_directions,
     forget_loss,
-    label_matrix,
     prepare,
     representation_loss,
     steu_param_groups,
@@ -120,7 +121,7 @@ log = logging.getLogger("steu_ext")
 
 __all__ = ["STEUTrainer", "STEUPairDataset", "STEUExample", "STEUCollator", "EncodedDataset",
            "encode_dataset", "steu_compute_metrics", "create_steu_optimizer", "mask_embedding_grad",
-           "load_edited", "STATE_NAME", "HDSTrainer", "HDSPairDataset", "HDSCollator", "HDSEpochSampler", "HDS_STATE_NAME"]
+           "load_edited", "release_steu_optimizer", "STATE_NAME", "HDSTrainer", "HDSPairDataset", "HDSCollator", "HDSEpochSampler", "HDS_STATE_NAME"]
 
 STATE_NAME = "steu_state.safetensors"
 _STATE_FORMAT = "steu_ext.hf_state/1"
@@ -159,18 +160,55 @@ def create_steu_optimizer(model: nn.Module, rows, *, lr: float, head_lr: Optiona
     embedding gradient outside ``rows`` (see :func:`mask_embedding_grad`), so gradient clipping and
     norms cover only the trained rows; the handle is ``optimizer.grad_mask_handle`` (``None`` without a
     hook). Works with ``Trainer(optimizers=(opt, scheduler))`` and in hand-written loops.
+
+    When done, :func:`release_steu_optimizer` removes the hook and gives every parameter back the
+    ``requires_grad`` flag it had before this call (kept in ``optimizer.saved_requires_grad``).
     """
     emb_name = embedding_param_name(model)
     rows_t = None if rows is None else torch.as_tensor(rows, dtype=torch.long).reshape(-1)
     head = find_head(model, head_modules) if head_lr is not None else {}
+    saved = _requires_grad_flags(model)
     groups = steu_param_groups(model, emb_name, rows_t, head, lr=lr, head_lr=head_lr)
-    opt = RowSparseAdam(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        decoupled_weight_decay=adamw)
+    try:
+        opt = RowSparseAdam(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                            decoupled_weight_decay=adamw)
+    except BaseException:
+        _restore_requires_grad(model, saved)
+        raise
+    opt.saved_requires_grad = saved
+    opt.steu_model = weakref.ref(model)
     opt.grad_mask_handle = None
     if mask_grad and rows_t is not None and rows_t.numel():
         emb = model.get_input_embeddings().weight
         opt.grad_mask_handle = mask_embedding_grad(emb, opt.param_groups[0]["rows"])
     return opt
+
+
+def _requires_grad_flags(model: nn.Module) -> Dict[str, bool]:
+    return {n: p.requires_grad for n, p in model.named_parameters(remove_duplicate=False)}
+
+
+def _restore_requires_grad(model: nn.Module, flags: Dict[str, bool]) -> None:
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if n in flags:
+            p.requires_grad_(flags[n])
+
+
+def release_steu_optimizer(optimizer: RowSparseAdam, model: Optional[nn.Module] = None) -> None:
+    """Undo :func:`create_steu_optimizer`'s side effects on the model: remove the gradient-masking hook and
+    restore every parameter's previous ``requires_grad`` flag. Idempotent; the optimizer itself (its state,
+    ``state_dict``) stays usable."""
+    handle = getattr(optimizer, "grad_mask_handle", None)
+    if handle is not None:
+        handle.remove()
+        optimizer.grad_mask_handle = None
+    flags = getattr(optimizer, "saved_requires_grad", None)
+    if model is None:
+        ref = getattr(optimizer, "steu_model", None)
+        model = ref() if ref is not None else None
+    if flags is not None and model is not None:
+        _restore_requires_grad(model, flags)
+        optimizer.saved_requires_grad = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -495,6 +533,11 @@ class STEUTrainer(Trainer):
         self.eval_loss_on = eval_loss_on
         self._eval_acc: Optional[torch.Tensor] = None
         names = list(class_names) if class_names is not None else _config_label_names(model)
+        # read labels and target strictly here (numpy/pandas/multi-hot rows as matrices, names before positions)
+        known = names if names is not None else [str(i) for i in range(model.config.num_labels)]
+        if labels is not None and encoded is None:
+            labels = label_matrix(labels, len(known))
+        target = resolve_target(target, known)
 
         # 1-3: validate, tokenize, split, count, score, select (the model is not touched)
         plan = prepare(model, tokenizer, texts, labels, target, config=cfg, label_names=names,
@@ -532,7 +575,9 @@ class STEUTrainer(Trainer):
         # 4: z0 of the frozen original model on the retain documents, once, on the training device
         plan.teacher_logits = predict_logits(self.model, plan.data, plan.retain, batch_size=64)
         dataset.teacher_logits = plan.teacher_logits
-        # 5: freeze now, before the Trainer wraps the model (DDP registers only what is trainable)
+        # 5: freeze now, before the Trainer wraps the model (DDP registers only what is trainable); the
+        # caller's flags come back after train() (see restore_requires_grad)
+        self._caller_requires_grad = _requires_grad_flags(model)
         self._param_groups()
         self.add_callback(_STEUCallback(self))
 
@@ -590,6 +635,7 @@ class STEUTrainer(Trainer):
         if isinstance(ckpt, (str, os.PathLike)):
             self.load_steu_state(ckpt)
         self._check_ranks_agree()
+        self._param_groups()   # (re)freeze: a previous train() gave the caller's flags back
         rows = self.plan.rows if self.steu_config.train_embeddings else None
         if rows is not None and rows.numel() and self._grad_mask is None:
             self._grad_mask = mask_embedding_grad(self.model.get_input_embeddings().weight, rows)
@@ -600,6 +646,12 @@ class STEUTrainer(Trainer):
             if self._grad_mask is not None:
                 self._grad_mask.remove()
                 self._grad_mask = None
+            self.restore_requires_grad()
+
+    def restore_requires_grad(self) -> None:
+        """Give the model's parameters back the ``requires_grad`` flags they had before this trainer froze
+        all but the embedding rows and the head (done at the end of every :meth:`train`)."""
+        _restore_requires_grad(self.model, self._caller_requires_grad)
 
     def _check_ranks_agree(self) -> None:
         """Under DDP every rank must select the same rows from the same corpus (a tokenizer trained per

@@ -40,14 +40,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._progress import show_progress
+from ._labels import label_matrix, resolve_target
 from ._model import Encoded, embedding_param_name, find_head, is_multi_label, predict_logits
 from .finetune import _output_layer, finetune_cached
 from .steu import (
     STEUConfig,
     STEUResult,
     forget_loss,
-    label_matrix,
-    resolve_target,
     split_forget_retain,
     unlearn,
     utility_loss,

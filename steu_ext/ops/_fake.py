@@ -12,7 +12,11 @@ _lock = threading.Lock()
 
 
 def register_fakes() -> None:
+    """Register the fake kernels (idempotent). Called when a backend that runs the C++ ops is chosen, which
+    under ``torch.compile`` happens outside the traced code (see :func:`steu_ext._backend.resolve`)."""
     global _done
+    if _done:   # lock-free fast path
+        return
     with _lock:
         if _done:
             return

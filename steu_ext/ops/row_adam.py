@@ -57,12 +57,18 @@ def gather_sparse_rows(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 def row_adam_(param: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor, exp_avg: torch.Tensor,
               exp_avg_sq: torch.Tensor, step: torch.Tensor, *, lr: float, beta1: float = 0.9,
               beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0, decoupled: bool = False,
-              maximize: bool = False, validate: Optional[bool] = None) -> None:
+              maximize: bool = False, validate: Optional[bool] = None,
+              grad_layout: Optional[str] = None) -> None:
     """One in-place Adam (``decoupled=False``) or AdamW (``decoupled=True``) step on ``param[rows]``.
 
     ``param`` ``[V, D]`` fp32/fp16/bf16; ``grad`` ``[V, D]`` (dense), ``[K, D]`` rows already gathered, or a
     sparse COO ``[V, D]``; ``exp_avg``/``exp_avg_sq`` fp32 ``[K, D]``; ``step`` a 0-dim tensor holding the
-    step count *after* this step (the caller increments it). Mutates param, exp_avg and exp_avg_sq.
+    step count *after* this step (>= 1: the caller increments it first). Mutates param, exp_avg and exp_avg_sq.
+
+    ``grad_layout``: ``"full"`` (``grad[i]`` is row ``i`` of the table) or ``"gathered"`` (``grad[j]`` is row
+    ``rows[j]``); by default it is taken from the shape. When ``K == V`` the shape cannot tell: then a
+    ``rows`` that is not ``0..V-1`` in order needs ``grad_layout`` (a ``ValueError`` otherwise; with
+    ``validate=False`` the gradient is taken as full).
     """
     check_tensor(param, "param", ndim=2, dtypes=PARAM_DTYPES)
     device = param.device
@@ -70,12 +76,25 @@ def row_adam_(param: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor, exp_a
     rows = check_rows(rows, V, device, validate)
     K = rows.numel()
     check_tensor(grad, "grad", ndim=2, device=device)
+    if grad_layout not in (None, "full", "gathered"):
+        raise ValueError(f"grad_layout must be 'full', 'gathered' or None, got {grad_layout!r}")
     if grad.is_sparse:
         if tuple(grad.shape) != (V, D):
             raise ValueError(f"sparse grad has shape {tuple(grad.shape)}, expected {(V, D)}")
+        if grad_layout == "gathered":
+            raise ValueError("a sparse COO grad is a full [V, D] layout, not a gathered one")
         grad, gathered = gather_sparse_rows(grad, rows), True
+    elif grad_layout is not None:
+        gathered = grad_layout == "gathered"
+        want = (K, D) if gathered else (V, D)
+        if tuple(grad.shape) != want:
+            raise ValueError(f"grad has shape {tuple(grad.shape)}; a {grad_layout} grad must be {want}")
     elif tuple(grad.shape) == (V, D):
         gathered = False
+        if K == V and validation_enabled(validate) and not torch.equal(rows, torch.arange(V, device=device)):
+            raise ValueError(f"grad has shape {(V, D)} and rows selects all {V} rows out of order: say whether "
+                             "the grad is the full table or gathered in the order of rows with "
+                             "grad_layout='full' or 'gathered'")
     elif tuple(grad.shape) == (K, D):
         gathered = True
     else:
@@ -91,6 +110,9 @@ def row_adam_(param: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor, exp_a
     check_tensor(step, "step", device=device)
     if step.numel() != 1:
         raise ValueError("step must be a single-element tensor")
+    if validation_enabled(validate) and not float(step.reshape(())) >= 1:   # one host sync
+        raise ValueError(f"step must be >= 1 (the count after this step: increment it first), got "
+                         f"{float(step.reshape(()))}")
     if not param.is_contiguous():
         raise ValueError("param must be contiguous (it is updated in place)")
     if not 0.0 <= beta1 < 1.0 or not 0.0 <= beta2 < 1.0:
@@ -107,13 +129,13 @@ def multi_adam_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                 exp_avgs: Sequence[torch.Tensor], exp_avg_sqs: Sequence[torch.Tensor],
                 steps: Sequence[torch.Tensor], *, lr: float, beta1: float = 0.9, beta2: float = 0.999,
                 eps: float = 1e-8, weight_decay: float = 0.0, decoupled: bool = False,
-                maximize: bool = False) -> None:
+                maximize: bool = False, validate: Optional[bool] = None) -> None:
     """One in-place Adam/AdamW step on every element of each dense tensor of a list, in one launch.
 
     For the dense parameters of a model (a classifier head, LoRA adapters) next to the row-sparse tables:
     ``params[i]`` (any shape, contiguous, fp32/fp16/bf16, mixed dtypes allowed), ``grads[i]`` of the same
     shape and dtype, ``exp_avgs[i]``/``exp_avg_sqs[i]`` contiguous fp32 with as many elements, ``steps[i]``
-    a single-element fp32 tensor holding the step count *after* this step, all on one device. Mutates
+    a single-element fp32 tensor holding the step count *after* this step (>= 1), all on one device. Mutates
     params, exp_avgs and exp_avg_sqs; same arithmetic as :func:`row_adam_` (torch.optim.Adam's).
     """
     lists = {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
@@ -149,6 +171,10 @@ def multi_adam_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
             raise ValueError(f"steps[{i}] must be a single-element tensor")
     if not 0.0 <= beta1 < 1.0 or not 0.0 <= beta2 < 1.0:
         raise ValueError(f"betas must lie in [0, 1), got ({beta1}, {beta2})")
+    if validation_enabled(validate):   # one host sync for all steps
+        low = float(torch.stack([t.reshape(()) for t in steps]).min())
+        if not low >= 1:
+            raise ValueError(f"every step must be >= 1 (the count after this step: increment it first), got {low}")
     _, fn = _backend.resolve("multi_adam", device)
     fn(list(params), [g.contiguous() for g in grads], list(exp_avgs), list(exp_avg_sqs),
        [t.reshape(()) for t in steps], float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),

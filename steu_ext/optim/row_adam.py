@@ -14,6 +14,7 @@ multi-tensor launch per step (:func:`steu_ext.ops.row_adam.multi_adam_`).
 from __future__ import annotations
 
 import copy
+from collections import defaultdict
 from typing import Any, Dict, Optional
 
 import torch
@@ -56,19 +57,41 @@ class RowSparseAdam(Optimizer):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        """Validate the group before adding it (so a bad parameter fails here, not midway through a step):
+        every parameter a dense, contiguous fp32/fp16/bf16 tensor, one device per group; a row-sparse
+        group's parameters ``[V, D]`` sharing V and device, its ``rows`` copied (never aliased)."""
+        if isinstance(param_group, dict) and isinstance(param_group.get("rows"), torch.Tensor):
+            param_group = {**param_group, "rows": param_group["rows"].detach().clone()}
+        n_before = len(self.param_groups)
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
+        try:
+            self._check_group(self.param_groups[-1])
+        except BaseException:
+            del self.param_groups[n_before:]
+            raise
+
+    def _check_group(self, group: Dict[str, Any]) -> None:
+        params = group["params"]
+        name = type(self).__name__
+        for p in params:
+            if p.layout != torch.strided:
+                raise ValueError(f"{name} needs dense (strided) parameters, got {p.layout}")
+            if p.dtype not in PARAM_DTYPES:
+                kind = "row-sparse" if "rows" in group else f"{name} dense"
+                raise TypeError(f"{kind} parameters must be one of {PARAM_DTYPES}, got {p.dtype} "
+                                f"(shape {tuple(p.shape)})")
+            if not p.is_contiguous():
+                raise ValueError(f"{name} parameters must be contiguous (they are updated in place), got one "
+                                 f"of shape {tuple(p.shape)} and stride {p.stride()}")
         if "rows" not in group:
             return
-        params = group["params"]
         for p in params:
             if p.dim() != 2:
                 raise ValueError(f"a row-sparse group needs 2-D [V, D] parameters, got shape {tuple(p.shape)}")
-            if p.dtype not in PARAM_DTYPES:
-                raise TypeError(f"row-sparse parameters must be one of {PARAM_DTYPES}, got {p.dtype}")
             if p.shape[0] != params[0].shape[0] or p.device != params[0].device:
                 raise ValueError("all parameters of a row-sparse group must share V and device")
-        group["rows"] = check_rows(group["rows"], params[0].shape[0], params[0].device, self._validate)
+        if params:
+            group["rows"] = check_rows(group["rows"], params[0].shape[0], params[0].device, self._validate)
 
     def _init_state(self, p: torch.Tensor, rows: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
         state = self.state[p]
@@ -85,6 +108,7 @@ class RowSparseAdam(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_grads()   # every gradient first: a bad one must not leave a half-applied step
         for group in self.param_groups:
             rows = group.get("rows")
             beta1, beta2 = group["betas"]
@@ -97,7 +121,8 @@ class RowSparseAdam(Optimizer):
                         continue
                     state = self._init_state(p, rows)
                     state["step"] += 1
-                    row_adam_(p, p.grad, rows, state["exp_avg"], state["exp_avg_sq"], state["step"], **kw)
+                    row_adam_(p, p.grad, rows, state["exp_avg"], state["exp_avg_sq"], state["step"],
+                              grad_layout="full", **kw)
                 continue
             # dense tensors (a classifier head): one multi-tensor launch per device
             by_device: Dict[torch.device, list] = {}
@@ -114,29 +139,90 @@ class RowSparseAdam(Optimizer):
                 torch._foreach_add_(steps, 1)
                 multi_adam_([p for p, _ in items], [p.grad.to(p.dtype) for p, _ in items],
                             [st["exp_avg"] for _, st in items], [st["exp_avg_sq"] for _, st in items], steps,
-                            **{k: v for k, v in kw.items() if k != "validate"})
+                            **kw)
         return loss
 
+    def _check_grads(self) -> None:
+        for gi, group in enumerate(self.param_groups):
+            rows = group.get("rows")
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                where = f"param_groups[{gi}] parameter of shape {tuple(p.shape)}"
+                if g.device != p.device:
+                    raise ValueError(f"{where}: its gradient is on {g.device}, the parameter on {p.device}")
+                if rows is not None:
+                    ok = {tuple(p.shape), (rows.numel(), p.shape[1])}
+                    if tuple(g.shape) not in ok or (g.is_sparse and tuple(g.shape) != tuple(p.shape)):
+                        raise ValueError(f"{where}: gradient of shape {tuple(g.shape)}, expected {tuple(p.shape)} "
+                                         f"or gathered {(rows.numel(), p.shape[1])}")
+                    if g.dtype != p.dtype:
+                        raise TypeError(f"{where}: gradient dtype {g.dtype} does not match {p.dtype}")
+                else:
+                    if g.is_sparse:
+                        raise ValueError("sparse gradients are supported only in row-sparse groups")
+                    if g.shape != p.shape:
+                        raise ValueError(f"{where}: gradient of shape {tuple(g.shape)}")
+
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        # torch casts floating state to the parameter's dtype; ours stays fp32 whatever the parameter is
+        """Load a state saved by this optimizer. Refused with ``ValueError``, the optimizer left unchanged,
+        when a group's ``rows`` are missing or appeared (e.g. a ``torch.optim.Adam`` state, which would make
+        it update every row), when rows or moments do not fit the parameters, or when the state is malformed."""
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        if not isinstance(groups, list) or not isinstance(state_dict.get("state"), dict):
+            raise ValueError("not an optimizer state dict (needs 'state' and 'param_groups')")
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"loaded state has {len(groups)} parameter groups, the optimizer has "
+                             f"{len(self.param_groups)}")
+        for i, (g, mine) in enumerate(zip(groups, self.param_groups)):
+            if not isinstance(g, dict):
+                raise ValueError(f"param_groups[{i}] of the loaded state is not a dict")
+            if ("rows" in g) != ("rows" in mine):
+                raise ValueError(f"param_groups[{i}]: the loaded group {'has' if 'rows' in g else 'has no'} "
+                                 f"'rows' but this optimizer's group {'has' if 'rows' in mine else 'has none'}: "
+                                 "a state saved by another optimizer (e.g. torch.optim.Adam) cannot be loaded")
         saved = copy.deepcopy(state_dict)
-        super().load_state_dict(state_dict)
+        backup_groups = [dict(g) for g in self.param_groups]
+        backup_state = {p: dict(st) for p, st in self.state.items()}
+        try:
+            super().load_state_dict(state_dict)
+            self._fix_loaded(saved)
+        except BaseException:
+            for g, b in zip(self.param_groups, backup_groups):
+                g.clear()
+                g.update(b)
+            self.state = defaultdict(dict, backup_state)
+            raise
+
+    def _fix_loaded(self, saved: Dict[str, Any]) -> None:
+        # torch casts floating state to the parameter's dtype; ours stays fp32 whatever the parameter is
         params = [p for g in self.param_groups for p in g["params"]]
         for idx, s in saved["state"].items():
             p = params[int(idx)]
             for key in _STATE_FP32:
-                if key in s:
+                if isinstance(s.get(key), torch.Tensor):
                     self.state[p][key] = s[key].to(device=p.device, dtype=torch.float32)
             if "step" in s:
-                self.state[p]["step"] = s["step"].to(device=p.device, dtype=torch.float32).reshape(())
+                self.state[p]["step"] = torch.as_tensor(s["step"]).to(device=p.device,
+                                                                      dtype=torch.float32).reshape(())
         for group in self.param_groups:
             if "rows" in group:
                 p0 = group["params"][0]
                 group["rows"] = check_rows(group["rows"], p0.shape[0], p0.device, self._validate)
-                for p in group["params"]:
-                    s = self.state.get(p)
-                    if s and tuple(s["exp_avg"].shape) != (group["rows"].numel(), p.shape[1]):
-                        raise ValueError("loaded optimizer state does not match the group's rows")
+            for p in group["params"]:
+                s = self.state.get(p)
+                if not s:
+                    continue
+                shape = (group["rows"].numel(), p.shape[1]) if "rows" in group else tuple(p.shape)
+                for key in _STATE_FP32:
+                    if not isinstance(s.get(key), torch.Tensor):
+                        raise ValueError(f"the loaded optimizer state lacks {key!r}")
+                    if tuple(s[key].shape) != tuple(shape):
+                        raise ValueError(f"loaded optimizer state {key} has shape {tuple(s[key].shape)}, "
+                                         f"expected {tuple(shape)}: it does not match the group's rows/parameters")
+                if not isinstance(s.get("step"), torch.Tensor) or s["step"].numel() != 1:
+                    raise ValueError("the loaded optimizer state lacks a scalar 'step'")
 
     def state_bytes(self) -> int:
         """Bytes held in optimizer state tensors (for comparisons against dense Adam's 2 x V x D)."""
