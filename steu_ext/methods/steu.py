@@ -49,6 +49,7 @@ from ..eval.metrics import snapshot
 from ..ops.doc_counts import PMICounter
 from ..ops.pmi import MEASURES, select_top_k
 from ..optim import RowSparseAdam
+from ._labels import label_matrix, resolve_target  # noqa: F401  (also importable from here)
 from ._model import (
     Encoded,
     embedding_param_name,
@@ -123,35 +124,6 @@ class STEUResult:
     token_scores: torch.Tensor        # float64 [k'] their scores
     history: List[Dict[str, float]] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
-
-
-def label_matrix(labels, num_classes: int) -> torch.Tensor:
-    """``[N, C]`` float 0/1 from class ids ``[N]``, lists of class ids, or a ``[N, C]`` 0/1 matrix."""
-    if isinstance(labels, torch.Tensor) and labels.dim() == 2:
-        if labels.shape[1] != num_classes:
-            raise ValueError(f"label matrix has {labels.shape[1]} columns, the model has {num_classes} classes")
-        return labels.float()
-    out = torch.zeros(len(labels), num_classes)
-    for i, y in enumerate(labels):
-        ys = [int(y)] if isinstance(y, (int, torch.Tensor)) and not (isinstance(y, torch.Tensor) and y.dim()) else [int(v) for v in y]
-        for c in ys:
-            if not 0 <= c < num_classes:
-                raise ValueError(f"label {c} of document {i} is out of range for {num_classes} classes")
-            out[i, c] = 1.0
-    return out
-
-
-def resolve_target(target, label_names: Sequence[str]) -> int:
-    """Class index from an index or a class name (clear error for unknown names)."""
-    if isinstance(target, str) and not target.lstrip("-").isdigit():
-        if target not in label_names:
-            raise ValueError(f"unknown class name {target!r}; the classes are {list(label_names)}")
-        return list(label_names).index(target)
-    t = int(target)
-    if not 0 <= t < len(label_names):
-        raise ValueError(f"target class {t} is out of range for {len(label_names)} classes")
-    return t
-
 
 
 def split_forget_retain(data: Encoded, target: int, names: Sequence[str]):
