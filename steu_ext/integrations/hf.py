@@ -41,9 +41,8 @@ Design:
   ``objective="representation"`` the class directions are fitted on the original model at construction
   (and refitted every ``repr_refit_every`` epochs) exactly as :func:`~steu_ext.methods.steu.unlearn`
   does; ``objective="paper"`` drops the term. The terms are averaged over the logging window and logged
-  as ``forget_loss``, ``utility_loss`` (and ``repr_loss``) next to the Trainer's ``loss``. (A resume
-  after a refit starts from the directions of the original model: exact resume needs
-  ``repr_refit_every=0``, the default.)
+  as ``forget_loss``, ``utility_loss`` (and ``repr_loss``) next to the Trainer's ``loss``. The directions
+  in force are saved in every checkpoint's STEU state, so a resume continues with them.
 * **Dropout.** ``compute_loss`` puts the model in eval mode before the forward pass (``training_step``
   has just called ``model.train()``), as ``unlearn`` does: dropout is off, so the frozen layers compute
   exactly what the original model computed, z0 stays a valid target, and training consumes no RNG.
@@ -802,8 +801,13 @@ class STEUTrainer(Trainer):
                    "teacher_logits": self.plan.teacher_logits.contiguous()}
         for n, t in self._old_head.items():
             tensors[f"old_head.{n}"] = t.contiguous()
+        dirs = {}
+        for f, d in (self.plan.directions or {}).items():  # the representation objective's class directions
+            tensors[f"direction.{f}"] = d.w.contiguous()
+            dirs[f] = {"b": d.b, "aim": d.aim, "forget_mean": d.forget_mean}
         md = {"format": _STATE_FORMAT, "embedding": self.plan.embedding, "target": str(self.plan.target),
-              "head": json.dumps(list(self._old_head)), "fingerprint": self.fingerprint()}
+              "head": json.dumps(list(self._old_head)), "fingerprint": self.fingerprint(),
+              "directions": json.dumps(dirs)}
         path = os.path.join(os.fspath(folder), STATE_NAME)
         save_file(tensors, path + ".tmp", metadata=md)
         os.replace(path + ".tmp", path)
@@ -831,6 +835,14 @@ class STEUTrainer(Trainer):
             self._old_rows = f.get_tensor("old_rows")
             self._old_head = {n: f.get_tensor(f"old_head.{n}") for n in self._old_head}
             self.plan.teacher_logits = f.get_tensor("teacher_logits")
+            dirs = json.loads(md.get("directions", "{}"))
+            if self.plan.directions is not None and set(dirs) == set(self.plan.directions):
+                # the directions in force when the checkpoint was written (fitted on the original model, or
+                # the latest refit), not those of the model this trainer was built on
+                from ..methods.steu import ClassDirection
+
+                self.plan.directions = {k: ClassDirection(k, f.get_tensor(f"direction.{k}"), v["b"], v["aim"],
+                                                          v["forget_mean"]) for k, v in dirs.items()}
         self.train_dataset.teacher_logits = self.plan.teacher_logits
         return True
 
