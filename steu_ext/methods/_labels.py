@@ -38,7 +38,7 @@ def resolve_target(target, label_names: Sequence[str]) -> int:
 
     A string equal to a class name is that class. Otherwise a digit string or an int is a position, unless
     the classes have numeric names, where that reading is ambiguous and refused; ``"#N"`` is position ``N``
-    in every case. An int position whose text is the name of a *different* class is refused as ambiguous."""
+    in every case. A Python ``int`` is always a position (the type says so; strings are what users type)."""
     names = [str(n) for n in label_names]
     C = len(names)
     if isinstance(target, bool) or target is None:
@@ -63,12 +63,7 @@ def resolve_target(target, label_names: Sequence[str]) -> int:
         return position(int(t), t)
     if _is_int(target):
         t = int(target)
-        p = position(t, t)
-        if str(t) in names and names.index(str(t)) != p:
-            raise ValueError(f"target {t} is ambiguous: position {t} is class {names[p]!r} but class {str(t)!r} is "
-                             f"at position {names.index(str(t))}; pass the name as a string ({str(t)!r}) or the "
-                             f"position as '#{t}'")
-        return p
+        return position(t, t)  # a Python int is a position, by type (internal callers pass resolved ints)
     raise TypeError(f"target must be a class name (str) or a position (int), got {type(target).__name__}")
 
 

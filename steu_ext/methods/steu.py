@@ -202,6 +202,7 @@ def class_directions(model: nn.Module, data: Encoded, forget: Sequence[int], ret
     (standardised features, lbfgs, deterministic) per pooled feature for "carries the target class"; returns
     each as a :class:`ClassDirection` in raw feature space. ``model`` is run in eval mode and not changed."""
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     idx = list(forget) + list(retain)
     was = model.training
@@ -222,7 +223,8 @@ def class_directions(model: nn.Module, data: Encoded, forget: Sequence[int], ret
     for f in features:
         x = torch.cat(feats[f]).double()
         mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
-        clf = LogisticRegression(C=C, max_iter=2000).fit(((x - mu) / sd).numpy(), y.numpy())
+        with threadpool_limits(1):  # one BLAS thread: the fit is bit-reproducible (exact resume, equal ranks)
+            clf = LogisticRegression(C=C, max_iter=2000).fit(((x - mu) / sd).numpy(), y.numpy())
         w = torch.from_numpy(clf.coef_[0]) / sd
         b = float(clf.intercept_[0]) - float((w * mu).sum())
         logit = x @ w + b
