@@ -22,14 +22,10 @@
 """
 from __future__ import annotations
 
+from .hf_hds import HDS_STATE_NAME, HDSCollator, HDSEpochSampler, HDSPairDataset, HDSTrainer
 from .hf_steu import (
-    HDS_STATE_NAME,
     STATE_NAME,
     EncodedDataset,
-    HDSCollator,
-    HDSEpochSampler,
-    HDSPairDataset,
-    HDSTrainer,
     STEUCollator,
     STEUExample,
     STEUPairDataset,
