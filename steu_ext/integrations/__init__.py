@@ -1,7 +1,8 @@
-"""Integrations with training frameworks. ``hf``: STEU inside the Hugging Face ``Trainer``
-(:class:`~steu_ext.integrations.hf.STEUTrainer`), the row-sparse optimizer factory
-(:func:`~steu_ext.integrations.hf.create_steu_optimizer`) and
-:func:`~steu_ext.integrations.hf.load_edited`. Names resolve lazily, so importing this package does not
+"""Integrations with training frameworks. ``hf`` (re-exporting ``hf_steu`` and ``hf_hds``, one module per
+method): STEU inside the Hugging Face ``Trainer`` (:class:`~steu_ext.integrations.hf.STEUTrainer`), the
+row-sparse optimizer factory (:func:`~steu_ext.integrations.hf.create_steu_optimizer`) and
+:func:`~steu_ext.integrations.hf.load_edited`; HDS in the ``Trainer``
+(:class:`~steu_ext.integrations.hf.HDSTrainer`). Names resolve lazily, so importing this package does not
 import transformers."""
 from __future__ import annotations
 
