@@ -17,8 +17,6 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from ..methods.steu import class_directions  # only HDSTrainer._refit_directions names it
-
 log = logging.getLogger("steu_ext")
 
 __all__ = ["HDSTrainer", "HDSPairDataset", "HDSCollator", "HDSEpochSampler", "HDS_STATE_NAME"]
@@ -298,15 +296,6 @@ class HDSTrainer(Trainer):
             logs = {**logs, "forget_loss": f, "keep_loss": k}
             self._hds_sums, self._hds_count = None, 0
         super().log(logs, *args, **kwargs)
-
-    def _refit_directions(self, epoch: int) -> None:
-        """``repr_refit_every``: refit the class directions on the edited model (as :func:`unlearn` does)."""
-        every = self.steu_config.repr_refit_every
-        if self.plan.directions is None or not every or not epoch or epoch % every:
-            return
-        plan, cfg = self.plan, self.steu_config
-        plan.directions = class_directions(self.model, plan.data, plan.forget, plan.retain,
-                                           features=cfg.repr_features, C=cfg.repr_C)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "hds_forget" in inputs:   # e.g. evaluation on training batches: the HDS objective
