@@ -32,18 +32,21 @@ import torch
 from ..data.loaders import TextClassificationData, split_protocol
 from ..eval.evaluate import evaluate
 from ..eval.inspect_edit import inspect_edit
-from ..eval.metrics import modified_parameters, snapshot
+from ..eval.metrics import modified_parameters
 from ..eval.plots import plot_f1_per_method, plot_tradeoff
 from ..eval.probe import ProbeConfig, extract_features, probe_recovery, probe_train_docs
 from ..eval.relearn import RelearnConfig, relearn_attack
 from ..eval.report import write_json
 from ..eval.scorecard import scorecard_rows, write_scorecard
-from . import baselines as bl
-from . import experiment as ex
-from ._model import Encoded
-from .experiment import DEFAULT_MODEL
-from .finetune import _output_layer, finetune_cached
-from .steu import STEUConfig, label_matrix, resolve_target
+from ..methods import baselines as bl
+from ..methods.finetune import finetune_cached
+from ..methods.steu import STEUConfig
+from ..modeling import loading
+from ..modeling.encoders import Encoded, output_layer
+from ..modeling.labels import label_matrix, resolve_target
+from ..modeling.loading import DEFAULT_MODEL
+from ..modeling.params import snapshot
+from . import tiny_models
 
 log = logging.getLogger("steu_ext")
 
@@ -139,13 +142,13 @@ def run_compare(data: TextClassificationData, target, *, methods: Sequence[str] 
 
     t_start = time.perf_counter()
     torch.manual_seed(seed)
-    if model == DEFAULT_MODEL and ex.offline_minilm_path() is None:
+    if model == DEFAULT_MODEL and loading.offline_minilm_path() is None:
         log.warning("%s is not installed: using a small randomly initialised BERT instead", DEFAULT_MODEL)
         model_desc = "tiny random BERT (2 layers, 128 hidden; WordPiece tokenizer trained on the data)"
-        net, tok = ex.tiny_bert(data.text, len(names), multi, seed)
+        net, tok = tiny_models.tiny_bert(data.text, len(names), multi, seed)
         new_head = True
     else:
-        net, tok, new_head = ex.load_classifier(model, names, multi, return_new_head=True)
+        net, tok, new_head = loading.load_classifier(model, names, multi, return_new_head=True)
         kind = "offline MiniLM-L6 encoder, pretrained" if model == DEFAULT_MODEL else "pretrained"
         model_desc = f"{model} ({kind})"
     mode = finetune_mode
@@ -183,7 +186,7 @@ def run_compare(data: TextClassificationData, target, *, methods: Sequence[str] 
 
     results: Dict[str, Dict[str, Any]] = {"original": _eval(net)}
     out_names = {n for n, p in net.named_parameters()
-                 if any(p is q for q in _output_layer(net, cfg.head_modules).parameters())}
+                 if any(p is q for q in output_layer(net, cfg.head_modules).parameters())}
     probe_train = probe_train_docs(enc, probe_idx, target_idx, pcfg) if pcfg is not None else []
     orig_features = (extract_features(net, enc, probe_train + list(test_idx), pcfg.batch_size, cfg.head_modules)
                      if pcfg is not None else None)

