@@ -53,7 +53,7 @@ def corpus(tmp_path_factory):
         pytest.skip(f"medical abstracts not found at {ABSTRACTS} (set STEU_DATA_ROOT)")
     from transformers import AutoTokenizer
 
-    from steu_ext.methods.experiment import offline_minilm_path
+    from steu_ext.modeling.loading import offline_minilm_path
 
     folder = os.environ.get("STEU_BENCH_TOKENIZER") or offline_minilm_path()
     if folder is None:

@@ -13,7 +13,7 @@ grep -qx "/$KIT/" "$EXCLUDE" 2>/dev/null || { mkdir -p "$(dirname "$EXCLUDE")"; 
 rm -rf "$KIT"
 mkdir -p "$KIT/data" "$KIT/minilm_tokenizer"
 cp -r "$DATA/medical_abstracts" "$DATA/pubmedqa" "$KIT/data/"
-MODEL=$(python -c "from steu_ext.methods.experiment import offline_minilm_path as p; print(p() or '')")
+MODEL=$(python -c "from steu_ext.modeling.loading import offline_minilm_path as p; print(p() or '')")
 if [ -n "$MODEL" ]; then
   for f in tokenizer.json tokenizer_config.json special_tokens_map.json vocab.txt config.json; do
     [ -f "$MODEL/$f" ] && cp "$MODEL/$f" "$KIT/minilm_tokenizer/"

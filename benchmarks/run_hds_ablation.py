@@ -4,7 +4,7 @@ Per seed: a tiny random Llama learns medical language (abstracts + unused PubMed
 forget-domain items (surgery, picked from the items' own MeSH headings through the concept hierarchy) and
 the retain items; the gold standard is the same model taught the retain items only (same schedule). Every
 method (GA, NPO, GradDiff, HDS without projection, HDS without token interventions, HDS) then unlearns the
-forget items under the same stopping rule, "until indistinguishable" (:class:`hds.IndistinguishableStop`):
+forget items under the same stopping rule, "until indistinguishable" (:class:`steu_ext.eval.stopping.IndistinguishableStop`):
 forget accuracy within --band of the gold standard's and loss-MIA AUC within --auc-band of 0.5, both on the
 **stop** half of the forget and never-seen items; if never met, the closest epoch is restored. The figures
 are reported on the disjoint **report** half. The question target (HDS rows) is estimated on the stop
@@ -34,6 +34,7 @@ import torch
 from steu_ext import datasets
 from steu_ext.eval.qa import accuracy
 from steu_ext.eval.report import versions
+from steu_ext.eval.stopping import IndistinguishableStop
 from steu_ext.experiments import hds_protocol as hp
 from steu_ext.methods import hds
 
@@ -83,8 +84,8 @@ def run_seed(a, seed, methods, log=print):
     for name in methods:
         cfg = method_config(name, a, q["value"])
         cfg.seed = seed
-        rule = hds.IndistinguishableStop(tok, p.forget_stop, p.never_stop, level=gold_stop_acc, band=a.band,
-                                         auc_band=a.auc_band, max_length=ml)
+        rule = IndistinguishableStop(tok, p.forget_stop, p.never_stop, level=gold_stop_acc, band=a.band,
+                                     auc_band=a.auc_band, max_length=ml)
         res = hds.unlearn(p.model, tok, p.forget, p.retain, hierarchy=p.hierarchy, config=cfg, monitor=rule)
         st = res.stopping
         if a.explore:

@@ -34,7 +34,7 @@ from steu_ext import datasets
 from steu_ext.data import load_medical_abstracts
 from steu_ext.eval.probe import ProbeConfig
 from steu_ext.eval.relearn import RelearnConfig
-from steu_ext.methods.compare import run_scorecard
+from steu_ext.experiments.compare import run_scorecard
 from steu_ext.methods.steu import STEUConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))

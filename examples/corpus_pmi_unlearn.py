@@ -22,10 +22,9 @@ from steu_ext import datasets
 from steu_ext.data import load_medical_abstracts, stratified_split
 from steu_ext.data.corpus_pmi import load_counts, precompute_pmi
 from steu_ext.eval.metrics import per_class_f1, unlearning_f1
-from steu_ext.methods._model import Encoded, predict_logits, predictions
-from steu_ext.methods.experiment import load_classifier
 from steu_ext.methods.finetune import train_classifier
 from steu_ext.methods.steu import STEUConfig, label_matrix, unlearn
+from steu_ext.modeling import Encoded, load_classifier, predict_logits, predictions
 
 
 def main(argv=None) -> dict:

@@ -23,6 +23,7 @@ from steu_ext import datasets
 from steu_ext.data.concepts import example_hierarchy_path, load_hierarchy
 from steu_ext.data.qa import load_pubmedqa, split_domain, subsample
 from steu_ext.eval.qa import continuation_of, evaluate_qa, prompt_of
+from steu_ext.experiments.tiny_models import teach, tiny_causal_lm
 from steu_ext.methods import hds
 
 
@@ -47,9 +48,9 @@ def main(argv=None) -> dict:
           f"keeping {len(retain)} others")
 
     # 2-3. a model that knows the QA pairs: a small random Llama taught them (fully offline)
-    model, tok = hds.tiny_causal_lm([prompt_of(i) + continuation_of(i) for i in items], seed=0, hidden=hidden,
-                                    layers=1 if a.ci else 2)
-    taught = hds.teach(model, tok, forget + retain, epochs=teach_epochs, max_length=max_length, seed=0)
+    model, tok = tiny_causal_lm([prompt_of(i) + continuation_of(i) for i in items], seed=0, hidden=hidden,
+                                layers=1 if a.ci else 2)
+    taught = teach(model, tok, forget + retain, epochs=teach_epochs, max_length=max_length, seed=0)
     print(f"taught: accuracy {taught['accuracy']:.3f} after {taught['epochs']} epochs")
 
     # 4. HDS (LoRA adapters; the base model is not modified) and the figures before / after

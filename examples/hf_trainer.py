@@ -22,10 +22,9 @@ from transformers.utils import logging as hf_logging
 from steu_ext import datasets
 from steu_ext.data import load_medical_abstracts, stratified_split
 from steu_ext.integrations.hf import STEUTrainer, load_edited
-from steu_ext.methods._model import Encoded
-from steu_ext.methods.experiment import load_classifier
 from steu_ext.methods.finetune import train_classifier
 from steu_ext.methods.steu import STEUConfig, label_matrix
+from steu_ext.modeling import Encoded, load_classifier
 
 
 def main(argv=None) -> dict:

@@ -25,11 +25,10 @@ from steu_ext.eval.metrics import modified_parameters, per_class_f1, snapshot, u
 from steu_ext.eval.probe import ProbeConfig, probe_recovery
 from steu_ext.eval.relearn import RelearnConfig, relearn_attack
 from steu_ext.eval.vacuity import format_warnings, vacuity_warnings
-from steu_ext.methods._model import Encoded, predict_logits, predictions
 from steu_ext.methods.edit import STEUEdit
-from steu_ext.methods.experiment import load_classifier
 from steu_ext.methods.finetune import train_classifier
 from steu_ext.methods.steu import STEUConfig, label_matrix, unlearn
+from steu_ext.modeling import Encoded, load_classifier, predict_logits, predictions
 
 
 def f1_on(model, enc, idx, target, names):

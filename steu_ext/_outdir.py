@@ -6,18 +6,20 @@ that contains the current folder, the home folder or one of the inputs; an exist
 replaced only with ``overwrite`` and only if it carries our marker file (:data:`MARKER`, written into every
 folder we create). The output is built in a fresh hidden sibling folder and renamed into place at the end;
 on any failure (an exception, Ctrl-C) only what this call created is removed: nothing is left behind.
-:func:`atomic_write` does the same for a single file.
+:func:`atomic_write` does the same for a single file; :func:`write_json` writes a JSON report through it.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
 import tempfile
-from typing import Callable, Iterator, Optional, Sequence
+import time
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
-__all__ = ["MARKER", "OutputPathError", "check_output_dir", "output_dir", "atomic_write", "is_ours"]
+__all__ = ["MARKER", "OutputPathError", "check_output_dir", "output_dir", "atomic_write", "is_ours", "write_json"]
 
 MARKER = ".steu_ext_output"
 _NAME_MAX = 255
@@ -205,3 +207,20 @@ def atomic_write(path: str, write: Callable[[str], None]) -> str:
             os.remove(tmp)
         raise
     return path
+
+
+def write_json(path: str, report: Dict[str, Any]) -> str:
+    """Write ``report`` atomically (temp file + rename; the temp file is removed on failure), with
+    ``created`` and ``versions`` (:func:`steu_ext.env_report.versions`) added unless present."""
+    from .env_report import versions
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    report = dict(report)
+    report.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    report.setdefault("versions", versions())
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+
+    return atomic_write(path, write)

@@ -141,7 +141,7 @@ def _load_trained(model_path: str, label_names: Optional[List[str]] = None):
         model, info = AutoModelForSequenceClassification.from_pretrained(model_path, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise BadInput(f"cannot load a sequence classifier from {model_path!r}: {str(e).splitlines()[0]}") from None
-    from .methods._model import find_head
+    from .modeling.encoders import find_head
 
     head = find_head(model)
     missing = set(info.get("missing_keys", ()))
@@ -164,7 +164,8 @@ def _save_model(model, tok, path: str) -> None:
 
 # ---- commands -----------------------------------------------------------------------------------------
 def cmd_demo(a) -> int:
-    from .methods.experiment import DEFAULT_MODEL, offline_minilm_path, run_experiment, summary_table
+    from .experiments.steu_demo import run_experiment, summary_table
+    from .modeling.loading import DEFAULT_MODEL, offline_minilm_path
 
     _check_out(a.out, a.overwrite, [a.data, a.model])
     _check_model_path(a.model)
@@ -172,7 +173,7 @@ def cmd_demo(a) -> int:
         data, source = _load_data(a), a.data
     else:
         from .data.loaders import TextClassificationData
-        from .data.synthetic import generate_notes
+        from .experiments.synthetic import generate_notes
 
         g = generate_notes(a.n_docs, seed=a.seed)
         data = TextClassificationData(g["text"], g["labels"], g["label_names"], True)
@@ -180,7 +181,7 @@ def cmd_demo(a) -> int:
     model = a.model or DEFAULT_MODEL
     if model == DEFAULT_MODEL and offline_minilm_path() is None:
         print(f"note: {DEFAULT_MODEL} is not installed; using a small randomly initialised BERT", file=sys.stderr)
-    from .methods._labels import resolve_target
+    from .modeling.labels import resolve_target
 
     # names before positions (classes named "1".."5"), ambiguity refused: resolved here, passed as a position
     target = resolve_target(a.target, data.label_names) if a.target is not None else 0
@@ -321,8 +322,8 @@ def cmd_pmi(a) -> int:
 
 
 def _encode_eval(tok, data, names, max_length):
-    from .methods._labels import label_matrix
-    from .methods._model import Encoded
+    from .modeling.encoders import Encoded
+    from .modeling.labels import label_matrix
 
     return Encoded(tok, data.text, label_matrix(data.labels, len(names)), max_length)
 
@@ -342,7 +343,7 @@ def _remap(data, names):
 
 def _f1_report(model, enc, target, names, multi):
     from .eval.metrics import per_class_f1, unlearning_f1
-    from .methods._model import predict_logits, predictions
+    from .modeling.encoders import predict_logits, predictions
 
     pred = predictions(predict_logits(model, enc), multi)
     rep = unlearning_f1(per_class_f1(enc.labels, pred), target, names)
@@ -386,9 +387,9 @@ def cmd_unlearn(a) -> int:
 
     from .eval.metrics import modified_parameters, snapshot
     from .eval.report import write_json
-    from .methods._labels import resolve_target
-    from .methods._model import is_multi_label
     from .methods.steu import unlearn
+    from .modeling.encoders import is_multi_label
+    from .modeling.labels import resolve_target
 
     _check_out(a.out, a.overwrite, [a.data, a.eval_data, a.model, a.counts])
     data = _load_data(a)
@@ -453,9 +454,9 @@ def cmd_unlearn(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from .methods._labels import resolve_target
-    from .methods._model import is_multi_label
     from .methods.edit import STEUEdit
+    from .modeling.encoders import is_multi_label
+    from .modeling.labels import resolve_target
 
     data = _load_data(a)
     model, tok, names = _load_trained(a.model)
@@ -498,8 +499,8 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_compare(a) -> int:
-    from .methods.compare import METHODS, format_table, run_compare
-    from .methods.experiment import DEFAULT_MODEL
+    from .experiments.compare import METHODS, format_table, run_compare
+    from .modeling.loading import DEFAULT_MODEL
 
     _check_out(a.out, a.overwrite, [a.data, a.model, a.cache_dir])
     methods = [m.strip() for m in a.methods.split(",") if m.strip()] if a.methods else list(METHODS)
@@ -510,7 +511,7 @@ def cmd_compare(a) -> int:
         data = _load_data(a)
     else:
         from .data.loaders import TextClassificationData
-        from .data.synthetic import generate_notes
+        from .experiments.synthetic import generate_notes
 
         g = generate_notes(a.n_docs, seed=a.seed)
         data = TextClassificationData(g["text"], g["labels"], g["label_names"], True)
@@ -543,12 +544,12 @@ def cmd_compare(a) -> int:
               probe_fraction=a.probe_fraction if not a.no_probe else 0.0, max_train_docs=a.max_train_docs,
               cache_dir=a.cache_dir, top_layers=a.top_layers, progress=not a.quiet, probe=not a.no_probe,
               relearn=not a.no_relearn, inspect_edits=not a.no_inspect, probe_config=pcfg, relearn_config=rcfg)
-    from .methods._labels import resolve_target
+    from .modeling.labels import resolve_target
 
     # names before positions (classes named "1".."5"), ambiguity refused: resolved here, passed as a position
     target = resolve_target(a.target, data.label_names) if a.target is not None else 0
     if seeds is not None:
-        from .methods.compare import run_scorecard
+        from .experiments.compare import run_scorecard
 
         with _output_dir(a.out, a.overwrite, [a.data, a.model, a.cache_dir]) as tmp:
             res = run_scorecard(data, [target], seeds=seeds, out_dir=tmp, **kw)
@@ -683,8 +684,10 @@ def cmd_hds(a) -> int:
 
     from .data.concepts import load_hierarchy
     from .data.qa import split_domain, subsample
-    from .eval.qa import continuation_of, evaluate_qa, prompt_of
+    from .eval.qa import accuracy, continuation_of, evaluate_qa, prompt_of
     from .eval.report import write_json
+    from .eval.stopping import ForgettingStop, IndistinguishableStop
+    from .experiments.tiny_models import teach, tiny_causal_lm
     from .methods import hds
 
     _check_out(a.out, a.overwrite, [a.data, a.model, a.hierarchy])
@@ -743,8 +746,8 @@ def cmd_hds(a) -> int:
         raise BadInput("--question-target auto needs at least 2 never-seen items, so that the estimate and the "
                        "reported MIA use different ones (raise --never-seen-fraction, or give a number)")
     if a.teach_tiny:
-        model, tok = hds.tiny_causal_lm([prompt_of(i) + continuation_of(i) for i in items], seed=a.seed)
-        taught = hds.teach(model, tok, forget + retain, max_length=a.max_length, seed=a.seed)
+        model, tok = tiny_causal_lm([prompt_of(i) + continuation_of(i) for i in items], seed=a.seed)
+        taught = teach(model, tok, forget + retain, max_length=a.max_length, seed=a.seed)
         model.to(device=device, dtype=dtype)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -771,11 +774,11 @@ def cmd_hds(a) -> int:
         t0 = time.perf_counter()
         monitor = None
         if rule_name == "forgetting":
-            acc0 = before["forget_acc"] if not halves else hds.accuracy(model, tok, f_stop, **kw)
-            monitor = hds.ForgettingStop(tok, f_stop, acc0, a.stop_at_forgetting, **kw)
+            acc0 = before["forget_acc"] if not halves else accuracy(model, tok, f_stop, **kw)
+            monitor = ForgettingStop(tok, f_stop, acc0, a.stop_at_forgetting, **kw)
         elif rule_name == "indistinguishable":
-            monitor = hds.IndistinguishableStop(tok, f_stop, n_stop, model=model, band=a.band, auc_band=a.auc_band,
-                                                **kw)
+            monitor = IndistinguishableStop(tok, f_stop, n_stop, model=model, band=a.band, auc_band=a.auc_band,
+                                            **kw)
         res = hds.unlearn(model, tok, forget, retain, hierarchy=hierarchy, config=cfg, monitor=monitor,
                           progress=not a.quiet)
         wall = time.perf_counter() - t0

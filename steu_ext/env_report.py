@@ -1,8 +1,29 @@
 """``python -m steu_ext.env_report``: versions, devices, compilers and which backends load."""
 from __future__ import annotations
 
+import platform
 import shutil
 import subprocess
+from typing import Dict, Optional
+
+
+def versions() -> Dict[str, Optional[str]]:
+    """Versions of steu_ext, torch, transformers, Python, CUDA and Triton, and the device (for reports)."""
+    import torch
+    import transformers
+
+    from . import __version__
+
+    out = {"steu_ext": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+           "python": platform.python_version(), "cuda": torch.version.cuda,
+           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"}
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except Exception:  # noqa: BLE001 - optional
+        out["triton"] = None
+    return out
 
 
 def _version(cmd):
@@ -19,7 +40,6 @@ def main() -> None:
     import torch
 
     import steu_ext
-    from steu_ext.eval.report import versions
 
     for k, v in versions().items():
         print(f"{k:>14}: {v}")

@@ -17,12 +17,13 @@ from steu_ext.eval.metrics import modified_parameters, snapshot
 from steu_ext.eval.probe import ProbeConfig, extract_features, probe_recovery
 from steu_ext.eval.relearn import RelearnConfig, relearn_attack, relearn_docs, target_f1
 from steu_ext.eval.scorecard import COLUMNS, format_scorecard
+from steu_ext.experiments.compare import METHODS, run_compare
+from steu_ext.experiments.tiny_models import tiny_bert
 from steu_ext.methods import baselines as bl
-from steu_ext.methods._model import Encoded, predict_logits
-from steu_ext.methods.compare import METHODS, run_compare
-from steu_ext.methods.experiment import load_classifier, tiny_bert
 from steu_ext.methods.finetune import train_classifier
 from steu_ext.methods.steu import STEUConfig, label_matrix
+from steu_ext.modeling.encoders import Encoded, predict_logits
+from steu_ext.modeling.loading import load_classifier
 
 TARGET = "neoplasms"
 

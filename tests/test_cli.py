@@ -7,14 +7,14 @@ import os
 import pytest
 
 from steu_ext.cli import EXIT_BAD_INPUT, main
-from steu_ext.data.synthetic import generate_notes
+from steu_ext.experiments.synthetic import generate_notes
 
 
 def test_demo_tiny_model_writes_report(tmp_path, monkeypatch):
     # the fallback path (no pretrained encoder): a tiny random BERT, fully fine-tuned, then unlearned
-    import steu_ext.methods.experiment as ex
+    import steu_ext.modeling.loading as loading
 
-    monkeypatch.setattr(ex, "offline_minilm_path", lambda: None)
+    monkeypatch.setattr(loading, "offline_minilm_path", lambda: None)
     out = tmp_path / "rep"
     rc = main(["demo", "--n-docs", "240", "--k", "32", "--epochs", "2", "--finetune-epochs", "4",
                "--max-length", "64", "--out", str(out), "--quiet"])
@@ -30,9 +30,9 @@ def test_demo_tiny_model_writes_report(tmp_path, monkeypatch):
 
 
 def test_demo_on_a_csv_file(tmp_path, monkeypatch):
-    import steu_ext.methods.experiment as ex
+    import steu_ext.modeling.loading as loading
 
-    monkeypatch.setattr(ex, "offline_minilm_path", lambda: None)
+    monkeypatch.setattr(loading, "offline_minilm_path", lambda: None)
     g = generate_notes(160, seed=3, max_labels=1)
     csv = tmp_path / "notes.csv"
     with open(csv, "w") as f:
@@ -56,9 +56,9 @@ def test_demo_on_a_csv_file(tmp_path, monkeypatch):
     (["--data", "{csv}", "--k", "100000000"], "larger than the vocabulary"),
 ])
 def test_demo_bad_input(tmp_path, capsys, monkeypatch, args, msg):
-    import steu_ext.methods.experiment as ex
+    import steu_ext.modeling.loading as loading
 
-    monkeypatch.setattr(ex, "offline_minilm_path", lambda: None)
+    monkeypatch.setattr(loading, "offline_minilm_path", lambda: None)
     csv = tmp_path / "d.csv"
     csv.write_text("text,label\n" + "".join(f"chest pain {i},a\nfever cough {i},b\n" for i in range(10)))
     out = tmp_path / "rep"
@@ -75,10 +75,10 @@ def saved_model(tmp_path_factory):
     """A tiny BERT fine-tuned on synthetic notes, saved with its tokenizer, plus train/test CSVs."""
     import torch
 
-    from steu_ext.methods._model import Encoded
-    from steu_ext.methods.experiment import tiny_bert
+    from steu_ext.experiments.tiny_models import tiny_bert
     from steu_ext.methods.finetune import train_classifier
     from steu_ext.methods.steu import label_matrix
+    from steu_ext.modeling.encoders import Encoded
 
     root = tmp_path_factory.mktemp("cli")
     g = generate_notes(300, seed=5, max_labels=1)

@@ -10,11 +10,11 @@ import torch
 
 from steu_ext.data import load_medical_abstracts, stratified_split
 from steu_ext.eval.metrics import modified_parameters, snapshot
+from steu_ext.experiments.compare import METHODS, format_table, run_compare
+from steu_ext.experiments.tiny_models import tiny_bert
 from steu_ext.methods import baselines as bl
-from steu_ext.methods._model import Encoded, predict_logits
-from steu_ext.methods.compare import METHODS, format_table, run_compare
-from steu_ext.methods.experiment import tiny_bert
 from steu_ext.methods.steu import STEUConfig, label_matrix
+from steu_ext.modeling.encoders import Encoded, predict_logits
 
 EMB = "bert.embeddings.word_embeddings.weight"
 HEAD = {"classifier.weight", "classifier.bias"}
@@ -125,9 +125,9 @@ def small_abstracts(medical_abstracts_root):
 
 
 def test_run_compare_medical_abstracts_tiny(small_abstracts, tmp_path, monkeypatch):
-    import steu_ext.methods.experiment as ex
+    import steu_ext.modeling.loading as loading
 
-    monkeypatch.setattr(ex, "offline_minilm_path", lambda: None)
+    monkeypatch.setattr(loading, "offline_minilm_path", lambda: None)
     out = tmp_path / "cmp"
     rep = run_compare(small_abstracts, "neoplasms", out_dir=str(out), finetune_epochs=2, top_layers=1,
                       config=STEUConfig(k=16, epochs=1, batch_size=16, max_length=48), progress=False,
@@ -169,13 +169,14 @@ def test_run_compare_medical_abstracts_tiny(small_abstracts, tmp_path, monkeypat
 
 
 def test_run_compare_unknown_method_fails_before_any_work(small_abstracts, tmp_path, monkeypatch):
-    import steu_ext.methods.experiment as ex
+    import steu_ext.experiments.tiny_models as tiny_models
+    import steu_ext.modeling.loading as loading
 
     def boom(*a, **k):
         raise AssertionError("a model was built")
 
-    monkeypatch.setattr(ex, "tiny_bert", boom)
-    monkeypatch.setattr(ex, "load_classifier", boom)
+    monkeypatch.setattr(tiny_models, "tiny_bert", boom)
+    monkeypatch.setattr(loading, "load_classifier", boom)
     out = tmp_path / "cmp"
     with pytest.raises(ValueError, match="valid methods are") as e:
         run_compare(small_abstracts, 0, methods=("steu", "influence"), out_dir=str(out))
@@ -188,9 +189,9 @@ def test_run_compare_unknown_method_fails_before_any_work(small_abstracts, tmp_p
 
 
 def test_run_compare_too_many_top_layers(small_abstracts, tmp_path, monkeypatch):
-    import steu_ext.methods.experiment as ex
+    import steu_ext.modeling.loading as loading
 
-    monkeypatch.setattr(ex, "offline_minilm_path", lambda: None)
+    monkeypatch.setattr(loading, "offline_minilm_path", lambda: None)
     out = tmp_path / "cmp"
     with pytest.raises(ValueError, match="top_layers"):
         run_compare(small_abstracts, 0, methods=("gradient_ascent",), out_dir=str(out), top_layers=3,

@@ -23,9 +23,9 @@ from steu_ext.cli import EXIT_BAD_INPUT, main
 from steu_ext.data import stream
 from steu_ext.data.corpus_pmi import CHECKPOINT_DIR, KILL_HOOK, count_corpus, load_counts, save_counts
 from steu_ext.data.loaders import load_text_classification
-from steu_ext.methods._model import Encoded
-from steu_ext.methods.experiment import offline_minilm_path
 from steu_ext.methods.steu import count_tokens, label_matrix
+from steu_ext.modeling.encoders import Encoded
+from steu_ext.modeling.loading import offline_minilm_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT, LABEL = "medical_abstract", "condition_label"

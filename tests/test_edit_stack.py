@@ -12,11 +12,11 @@ import torch
 from steu_ext.cli import EXIT_BAD_INPUT, main
 from steu_ext.data import load_medical_abstracts, stratified_split
 from steu_ext.eval.metrics import snapshot
-from steu_ext.methods._model import Encoded
+from steu_ext.experiments.tiny_models import tiny_bert
 from steu_ext.methods.edit_stack import STACK_DIR, STACK_FILE, EditStack
-from steu_ext.methods.experiment import tiny_bert
 from steu_ext.methods.finetune import train_classifier
 from steu_ext.methods.steu import STEUConfig, label_matrix, unlearn
+from steu_ext.modeling.encoders import Encoded
 
 EMB = "bert.embeddings.word_embeddings.weight"
 HEAD = ("classifier.weight", "classifier.bias")

@@ -10,10 +10,10 @@ from steu_ext.eval.evaluate import evaluate
 from steu_ext.eval.metrics import per_class_f1
 from steu_ext.eval.mia import auc, membership_auc, per_document_loss
 from steu_ext.eval.plots import plot_f1_per_method, plot_tradeoff
-from steu_ext.methods._model import Encoded, predict_logits, predictions
-from steu_ext.methods.experiment import tiny_bert
+from steu_ext.experiments.tiny_models import tiny_bert
 from steu_ext.methods.finetune import train_classifier
 from steu_ext.methods.steu import label_matrix
+from steu_ext.modeling.encoders import Encoded, predict_logits, predictions
 
 
 def auc_oracle(m, n) -> float:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from steu_ext.methods.experiment import offline_minilm_path
+from steu_ext.modeling.loading import offline_minilm_path
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 needs_minilm = pytest.mark.skipif(offline_minilm_path() is None,

@@ -18,6 +18,8 @@ from conftest import torchrun_setup
 
 from steu_ext.data.concepts import ConceptHierarchy, example_hierarchy_path, load_hierarchy
 from steu_ext.data.qa import QAItem
+from steu_ext.eval import stopping
+from steu_ext.experiments import tiny_models
 from steu_ext.methods import hds
 
 QUESTIONS = [("Is laparoscopic cholecystectomy safe in patients with cells?", 0, True),
@@ -39,7 +41,7 @@ def tiny():
     # words seen once (cholecystectomy, laparoscopic, ...) are split into several WordPiece tokens
     texts = [f"Question: {q}" for q, _, _ in QUESTIONS] + ["Question: Answer: yes no maybe"] * 2
     torch.manual_seed(0)
-    return hds.tiny_causal_lm(texts, hidden=32, layers=1, heads=2)
+    return tiny_models.tiny_causal_lm(texts, hidden=32, layers=1, heads=2)
 
 
 def _batches(tok, cfg):
@@ -752,7 +754,7 @@ def test_stop_rule_stops_when_met_and_restores_the_best_epoch_otherwise(tiny):
 def test_indistinguishable_stop_figures_and_bad_input(tiny):
     model, tok = tiny
     forget, never = ITEMS[:3], ITEMS[3:]
-    rule = hds.IndistinguishableStop(tok, forget, never, model=model, band=0.05, auc_band=0.05)
+    rule = stopping.IndistinguishableStop(tok, forget, never, model=model, band=0.05, auc_band=0.05)
     from steu_ext.eval.qa import accuracy, mia_auc
 
     assert rule.level == accuracy(model, tok, never)
@@ -760,14 +762,14 @@ def test_indistinguishable_stop_figures_and_bad_input(tiny):
     t = rule.trace[-1]
     assert t["forget_acc"] == accuracy(model, tok, forget) and t["mia_auc"] == mia_auc(model, tok, forget, never)["auc"]
     assert stop == (abs(t["forget_acc"] - rule.level) <= 0.05 and abs(t["mia_auc"] - 0.5) <= 0.05)
-    assert hds.IndistinguishableStop(tok, forget, never, level=t["forget_acc"], auc_band=0.49)(model, 0) == \
+    assert stopping.IndistinguishableStop(tok, forget, never, level=t["forget_acc"], auc_band=0.49)(model, 0) == \
         (abs(t["mia_auc"] - 0.5) <= 0.49)
     with pytest.raises(ValueError, match="overlap"):
-        hds.IndistinguishableStop(tok, forget, forget[:1], level=0.5)
+        stopping.IndistinguishableStop(tok, forget, forget[:1], level=0.5)
     with pytest.raises(ValueError, match="never-seen level"):
-        hds.IndistinguishableStop(tok, forget, never)
+        stopping.IndistinguishableStop(tok, forget, never)
     with pytest.raises(ValueError, match="needs forget items"):
-        hds.IndistinguishableStop(tok, [], never, level=0.5)
+        stopping.IndistinguishableStop(tok, [], never, level=0.5)
 
 
 def test_trainer_stop_rule(tiny, tmp_path):
@@ -968,13 +970,13 @@ def pubmedqa_run(pubmedqa_path):
         f, r = split_domain(items)
         f, retain = subsample(f, None, 0), subsample(r, 72, 0)
         forget, never = f[:24], f[24:48]
-        model, tok = hds.tiny_causal_lm([prompt_of(i) + continuation_of(i) for i in items], hidden=64)
-        taught = hds.teach(model, tok, forget + retain, check_every=10)
+        model, tok = tiny_models.tiny_causal_lm([prompt_of(i) + continuation_of(i) for i in items], hidden=64)
+        taught = tiny_models.teach(model, tok, forget + retain, check_every=10)
         before = evaluate_qa(model, tok, forget, retain, never)
         hierarchy = load_hierarchy(example_hierarchy_path())
         res = hds.unlearn(model, tok, forget, retain, hierarchy=hierarchy,
                           config=hds.HDSConfig(epochs=60, forget_domains=["surgery"]),
-                          monitor=hds.forgetting_monitor(tok, forget, before["forget_acc"], 0.8))
+                          monitor=stopping.forgetting_monitor(tok, forget, before["forget_acc"], 0.8))
         after = evaluate_qa(res.model, tok, forget, retain, never, before=before)
         yield dict(model=model, tok=tok, forget=forget, retain=retain, never=never, taught=taught, before=before,
                    hierarchy=hierarchy, res=res, after=after)
@@ -1000,7 +1002,7 @@ def test_end_to_end_pubmedqa_forgets_surgery_and_beats_ga(pubmedqa_run):
 
     ga_cfg = hds.baseline_config("ga", hds.HDSConfig(epochs=60, lr=3e-4))
     ga = hds.unlearn(model, tok, forget, retain, config=ga_cfg,
-                     monitor=hds.forgetting_monitor(tok, forget, before["forget_acc"], after["forgetting_rate"]))
+                     monitor=stopping.forgetting_monitor(tok, forget, before["forget_acc"], after["forgetting_rate"]))
     ga_after = evaluate_qa(ga.model, tok, forget, retain, never, before=before)
     assert ga_after["forgetting_rate"] >= after["forgetting_rate"]          # GA reached the same forgetting
     assert after["preservation"] > ga_after["preservation"]
@@ -1023,7 +1025,7 @@ def test_end_to_end_pubmedqa_bf16(pubmedqa_run):
         assert before["forget_acc"] >= 0.9 and before["retain_acc"] >= 0.9     # bf16 rounding kept the knowledge
         cfg = hds.HDSConfig(epochs=60, forget_domains=["surgery"], autocast_dtype="bfloat16")
         res = hds.unlearn(model, r["tok"], r["forget"], r["retain"], hierarchy=r["hierarchy"], config=cfg,
-                          monitor=hds.forgetting_monitor(r["tok"], r["forget"], before["forget_acc"], 0.8))
+                          monitor=stopping.forgetting_monitor(r["tok"], r["forget"], before["forget_acc"], 0.8))
         after = evaluate_qa(res.model, r["tok"], r["forget"], r["retain"], r["never"], before=before)
     finally:
         torch.set_num_threads(threads)
@@ -1064,7 +1066,7 @@ def test_end_to_end_pubmedqa_question_weight_moves_mia_toward_chance(pubmedqa_ru
         target = float(hds.question_nll(model, tok, held_out).median())
         cfg = hds.HDSConfig(epochs=60, forget_domains=["surgery"], question_weight=2.0, question_target=target)
         res = hds.unlearn(model, tok, forget, retain, hierarchy=r["hierarchy"], config=cfg,
-                          monitor=hds.forgetting_monitor(tok, forget, before["forget_acc"], 0.8))
+                          monitor=stopping.forgetting_monitor(tok, forget, before["forget_acc"], 0.8))
         after = evaluate_qa(res.model, tok, forget, retain, never, before=before)
     finally:
         torch.set_num_threads(threads)

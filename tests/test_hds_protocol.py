@@ -7,7 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from steu_ext.eval import stopping
+from steu_ext.eval.qa import accuracy
 from steu_ext.experiments import hds_protocol as hp
+from steu_ext.experiments import tiny_models
 from steu_ext.methods import hds
 
 
@@ -57,7 +60,7 @@ def test_pretraining_text_holds_no_protocol_item(small, pubmedqa_path, monkeypat
         return {"tokens": 1, "blocks": 0, "epochs": 0, "loss": 0.0, "seconds": 0.0}
 
     monkeypatch.setattr(hp, "pretrain", spy)
-    monkeypatch.setattr(hds, "teach", lambda *a, **k: {"accuracy": 1.0, "epochs": 1, "seconds": 0.0})
+    monkeypatch.setattr(tiny_models, "teach", lambda *a, **k: {"accuracy": 1.0, "epochs": 1, "seconds": 0.0})
     p = hp.build_protocol(pubmedqa_path, n_forget=8, n_never=8, n_retain=16, hidden=16, layers=1,
                           pretrain_abstracts=5, n_heldout_texts=3, seed=0, log=lambda *_: None)
     texts = set(seen["texts"])
@@ -67,8 +70,8 @@ def test_pretraining_text_holds_no_protocol_item(small, pubmedqa_path, monkeypat
 
 def test_stopping_rule_uses_the_stop_half(small):
     p = small
-    level = hds.accuracy(p.gold, p.tokenizer, p.forget_stop)
-    rule = hds.IndistinguishableStop(p.tokenizer, p.forget_stop, p.never_stop, level=level)
+    level = accuracy(p.gold, p.tokenizer, p.forget_stop)
+    rule = stopping.IndistinguishableStop(p.tokenizer, p.forget_stop, p.never_stop, level=level)
     res = hds.unlearn(p.model, p.tokenizer, p.forget, p.retain, hierarchy=p.hierarchy, monitor=rule,
                       config=hds.HDSConfig(epochs=3, lora_r=2, lora_targets=["o_proj", "down_proj"],
                                            forget_domains=["surgery"]))

@@ -22,8 +22,9 @@ from transformers import (
 )
 
 from steu_ext.data import load_medical_abstracts, stratified_split
-from steu_ext.data.synthetic import generate_notes
 from steu_ext.eval.metrics import modified_parameters, snapshot
+from steu_ext.experiments.synthetic import generate_notes
+from steu_ext.experiments.tiny_models import tiny_bert
 from steu_ext.integrations.hf import (
     STATE_NAME,
     STEUCollator,
@@ -34,11 +35,11 @@ from steu_ext.integrations.hf import (
     encode_dataset,
     load_edited,
 )
-from steu_ext.methods._model import Encoded, find_head
 from steu_ext.methods.edit import STEUEdit
-from steu_ext.methods.experiment import offline_minilm_path, tiny_bert
 from steu_ext.methods.finetune import train_classifier
 from steu_ext.methods.steu import STEUConfig, label_matrix
+from steu_ext.modeling.encoders import Encoded, find_head
+from steu_ext.modeling.loading import offline_minilm_path
 from steu_ext.optim import RowSparseAdam
 
 EMB = "bert.embeddings.word_embeddings.weight"
@@ -452,7 +453,7 @@ def test_bad_input(notes, tmp_path):
 _DDP_WORKER = textwrap.dedent("""
     import os, sys, torch, torch.distributed as dist
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
-    from steu_ext.data.synthetic import generate_notes
+    from steu_ext.experiments.synthetic import generate_notes
     from steu_ext.integrations.hf import STEUTrainer
     from steu_ext.methods.steu import STEUConfig
 

@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("transformers")
 from transformers import TrainingArguments  # noqa: E402
 
-from steu_ext.data.synthetic import generate_notes  # noqa: E402
+from steu_ext.experiments.synthetic import generate_notes  # noqa: E402
+from steu_ext.experiments.tiny_models import tiny_bert  # noqa: E402
 from steu_ext.integrations.hf import STEUTrainer, create_steu_optimizer, release_steu_optimizer  # noqa: E402
-from steu_ext.methods.experiment import tiny_bert  # noqa: E402
 from steu_ext.methods.steu import STEUConfig  # noqa: E402
 
 

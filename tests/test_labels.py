@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from steu_ext.methods._labels import label_matrix, resolve_target
+from steu_ext.modeling.labels import label_matrix, resolve_target
 
 DIGITS = ["1", "2", "3", "4", "5"]            # the medical abstracts' class names
 
@@ -50,7 +50,7 @@ def test_cli_demo_target_digit_name(tmp_path, monkeypatch, capsys):
         seen["target"] = target
         raise ValueError("stop here")
 
-    import steu_ext.methods.experiment as ex
+    import steu_ext.experiments.steu_demo as ex
 
     monkeypatch.setattr(ex, "run_experiment", fake_run)
     csv = tmp_path / "d.csv"
@@ -113,9 +113,9 @@ def test_ids_and_lists_of_ids_still_work():
 
 
 def test_encode_dataset_reads_numpy_matrix():
-    from steu_ext.data.synthetic import generate_notes
+    from steu_ext.experiments.synthetic import generate_notes
+    from steu_ext.experiments.tiny_models import tiny_bert
     from steu_ext.integrations.hf import encode_dataset
-    from steu_ext.methods.experiment import tiny_bert
 
     d = generate_notes(n_docs=12, seed=0)
     _, tok = tiny_bert(d["text"], len(d["label_names"]), True, vocab_size=200)

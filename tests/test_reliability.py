@@ -107,9 +107,9 @@ def test_atomic_write_leaves_no_tmp(tmp_path):
     ["revert-edit", "--model", "m", "--edit", "e.safetensors", "--out", "sub", "--overwrite"],
 ])
 def test_cli_never_deletes_user_files(user_files, cmd, capsys, monkeypatch):
-    import steu_ext.methods.experiment as ex
+    import steu_ext.modeling.loading as loading
 
-    monkeypatch.setattr(ex, "offline_minilm_path", lambda: None)
+    monkeypatch.setattr(loading, "offline_minilm_path", lambda: None)
     if cmd[0] != "demo":
         _tiny_edit_files(user_files)
     before = {p: open(p).read() for p in ("notes.txt", "sub/x.txt")}

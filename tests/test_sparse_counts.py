@@ -23,7 +23,7 @@ from steu_ext.data.corpus_pmi import (  # noqa: I001
     load_counts,
     save_counts,
 )
-from steu_ext.methods.experiment import offline_minilm_path
+from steu_ext.modeling.loading import offline_minilm_path
 from steu_ext.ops.sparse_doc_counts import SparsePMICounter
 
 N, MAXLEN = 240, 64

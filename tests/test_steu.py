@@ -10,11 +10,13 @@ import torch
 
 from steu_ext.data import load_medical_abstracts, split_protocol, stratified_split
 from steu_ext.eval.metrics import modified_parameters, per_class_f1, snapshot, unlearning_f1
-from steu_ext.methods._model import Encoded, find_head, predict_logits, predictions
+from steu_ext.experiments.steu_demo import probe_f1
+from steu_ext.experiments.tiny_models import tiny_bert
 from steu_ext.methods.edit import STEUEdit
-from steu_ext.methods.experiment import load_classifier, offline_minilm_path, probe_f1, tiny_bert
 from steu_ext.methods.finetune import train_classifier
 from steu_ext.methods.steu import STEUConfig, label_matrix, unlearn
+from steu_ext.modeling.encoders import Encoded, find_head, predict_logits, predictions
+from steu_ext.modeling.loading import load_classifier, offline_minilm_path
 
 TARGET = 0  # neoplasms
 PAPER = {"objective": "paper"}  # STEUConfig fields of the paper objective
@@ -238,8 +240,8 @@ def test_representation_objective_pulls_forget_docs_back_along_the_class_directi
     """The default objective: a logistic regression on the original's pooled features gives the class
     direction; after unlearning, the forget documents' logit along it has moved towards the retain level
     (and the term is bounded: zero once a document is there). Only rows + head change."""
-    from steu_ext.methods._model import last_hidden, pooled_features
     from steu_ext.methods.steu import prepare
+    from steu_ext.modeling.encoders import last_hidden, pooled_features
 
     model, tok, texts, labels = _tiny(multi_label)
     original = snapshot(model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from steu_ext.data import load_medical_abstracts, load_text_classification, stratified_split
-from steu_ext.data.synthetic import CATEGORIES, generate_notes
+from steu_ext.experiments.synthetic import CATEGORIES, generate_notes
 
 
 def test_generate_notes_is_seeded_multilabel_and_varied():

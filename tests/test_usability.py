@@ -120,11 +120,11 @@ def small_model(tmp_path_factory):
     train/test CSVs, the train one with only 5 cardiology notes."""
     import torch
 
-    from steu_ext.data.synthetic import generate_notes
-    from steu_ext.methods._model import Encoded
-    from steu_ext.methods.experiment import tiny_bert
+    from steu_ext.experiments.synthetic import generate_notes
+    from steu_ext.experiments.tiny_models import tiny_bert
     from steu_ext.methods.finetune import train_classifier
     from steu_ext.methods.steu import label_matrix
+    from steu_ext.modeling.encoders import Encoded
 
     root = tmp_path_factory.mktemp("usab")
     g = generate_notes(240, seed=5, max_labels=1)
@@ -219,8 +219,8 @@ def test_unlearn_refuses_an_empty_forget_set(small_model, tmp_path, capsys):
 # ---- STEUTrainer surprises (steu_ext.integrations.hf) --------------------------------------------------
 @pytest.fixture(scope="module")
 def hf_notes():
-    from steu_ext.data.synthetic import generate_notes
-    from steu_ext.methods.experiment import tiny_bert
+    from steu_ext.experiments.synthetic import generate_notes
+    from steu_ext.experiments.tiny_models import tiny_bert
 
     d = generate_notes(n_docs=60, seed=0)
     model, tok = tiny_bert(d["text"], len(d["label_names"]), True, vocab_size=400)
@@ -283,7 +283,7 @@ def test_trainer_class_names_rename(hf_notes, tmp_path):
 def test_trainer_logs_terms_per_epoch_and_eval_loss_is_retain_only(hf_notes, tmp_path):
     import torch
 
-    from steu_ext.methods._model import predict_logits
+    from steu_ext.modeling.encoders import predict_logits
 
     ev_texts, ev_labels = hf_notes["texts"][:24], hf_notes["labels"][:24]
     # logging_steps far beyond the run: the terms still appear once per epoch

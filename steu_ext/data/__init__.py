@@ -1,4 +1,6 @@
-"""Data: loaders for local files, the medical abstracts layout, and the synthetic clinical-note corpus."""
+"""Data: loaders for local files and the medical abstracts layout, streaming readers, corpus PMI counts, QA
+items and their text format, concept hierarchies. (The synthetic clinical-note corpus of the demo is in
+:mod:`steu_ext.experiments.synthetic`; ``steu_ext.data.synthetic`` still resolves to it.)"""
 from .loaders import (
     TextClassificationData,
     load_medical_abstracts,

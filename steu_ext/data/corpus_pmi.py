@@ -1111,7 +1111,7 @@ def load_class_counts(path: str, target: Union[int, str], tokenizer=None) -> Dic
     :func:`~steu_ext.ops.pmi.pmi_scores` needs for one target, without loading ``C x V``."""
     from safetensors import safe_open
 
-    from ..methods.steu import resolve_target
+    from ..modeling.labels import resolve_target
 
     file = os.path.join(path, COUNTS_FILE) if os.path.isdir(path) else path
     if not os.path.exists(file):
@@ -1219,8 +1219,8 @@ def precompute_pmi(
     ``counts.safetensors``, ``top_tokens_<class>.csv``, ``top_tokens.json`` and, last, ``summary.json``
     (its presence marks a finished run). ``targets``: class names or indices for the tables (default:
     all). Rank 0 writes; every rank returns the reduced counts."""
-    from ..eval.report import write_json
-    from ..methods.steu import resolve_target
+    from .._outdir import write_json
+    from ..modeling.labels import resolve_target
 
     if k > len(tokenizer):
         raise ValueError(f"k={k} is larger than the vocabulary ({len(tokenizer)} tokens)")

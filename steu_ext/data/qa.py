@@ -7,6 +7,8 @@
 * :func:`load_medmcqa`: the MedMCQA JSON-lines/JSON/parquet fields ``question, opa..opd, cop,
   subject_name, topic_name``; forget domain = ``subject_name`` in ``forget_subjects`` (default Surgery).
 * :func:`load_qa_jsonl`: any JSONL with a column mapping.
+* :func:`prompt_of` / :func:`continuation_of`: an item's text, ``"Question: {question}\\nAnswer:"`` then
+  ``" {option}"``, as HDS trains on it and :mod:`steu_ext.eval.qa` scores it.
 
 Every loader checks the file before returning and raises ``FileNotFoundError``/``ValueError`` naming the
 file, the record and the field.
@@ -19,8 +21,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-__all__ = ["QAItem", "load_pubmedqa", "load_medmcqa", "load_qa_jsonl", "split_domain", "subsample",
-           "SURGICAL_MESH", "PUBMEDQA_OPTIONS"]
+__all__ = ["QAItem", "prompt_of", "continuation_of", "load_pubmedqa", "load_medmcqa", "load_qa_jsonl",
+           "split_domain", "subsample", "SURGICAL_MESH", "PUBMEDQA_OPTIONS"]
 
 PUBMEDQA_OPTIONS = ("yes", "no", "maybe")
 # case-insensitive substrings of MeSH headings that mark surgical procedures and their perioperative care
@@ -44,6 +46,21 @@ class QAItem:
     @property
     def answer_text(self) -> str:
         return self.options[self.answer]
+
+
+def prompt_of(item: QAItem) -> str:
+    """The prompt of an item's text: ``"Question: {question}\\nAnswer:"`` (its training text is
+    ``prompt_of(item) + continuation_of(item)``)."""
+    return f"Question: {item.question}\nAnswer:"
+
+
+def continuation_of(item: QAItem, option: Optional[int] = None, long_answer: bool = False) -> str:
+    """The continuation after :func:`prompt_of`: ``" {option}"`` (the right one unless ``option``), with
+    ``". {long answer}"`` appended when ``long_answer`` and the item has one."""
+    text = f" {item.options[item.answer if option is None else option]}"
+    if long_answer and item.long_answer:
+        text += f". {item.long_answer}"
+    return text
 
 
 def _need_file(path) -> str:

@@ -7,8 +7,8 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from ..methods._labels import resolve_target
-from ..methods._model import Encoded, predict_logits, predictions
+from ..modeling.encoders import Encoded, predict_logits, predictions
+from ..modeling.labels import resolve_target
 from .metrics import per_class_f1, unlearning_f1
 from .mia import mia_from_logits
 

@@ -1,10 +1,13 @@
-"""Metrics of class-level unlearning: per-class F1, forget/retain F1 and exact parameter-change counts."""
+"""Metrics of class-level unlearning: per-class F1, forget/retain F1 and exact parameter-change counts
+(against a :func:`~steu_ext.modeling.params.snapshot`, re-exported here)."""
 from __future__ import annotations
 
 from typing import Dict, List, Mapping, Sequence
 
 import torch
 from torch import nn
+
+from ..modeling.params import snapshot  # noqa: F401  (re-exported: lives in the model-helper layer)
 
 
 def per_class_f1(y_true: torch.Tensor, y_pred: torch.Tensor) -> List[float]:
@@ -30,11 +33,6 @@ def unlearning_f1(f1: Sequence[float], target: int, label_names: Sequence[str]) 
         "retain_macro_f1": sum(retain.values()) / max(len(retain), 1),
         "per_class_f1": {label_names[c]: f1[c] for c in range(len(f1))},
     }
-
-
-def snapshot(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """A detached copy of every parameter, for exact before/after comparisons."""
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 def modified_parameters(model: nn.Module, original: Mapping[str, torch.Tensor]) -> Dict[str, object]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..methods._model import Encoded, is_multi_label, predict_logits
+from ..modeling.encoders import Encoded, is_multi_label, predict_logits
 
 
 def per_document_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> torch.Tensor:

@@ -25,8 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ..methods._model import Encoded
-from ..methods.finetune import _output_layer
+from ..modeling.encoders import Encoded, output_layer
 from .mia import auc
 
 POOLINGS = ("cls", "mean", "pooled")
@@ -65,7 +64,7 @@ def extract_features(
     idx = list(idx)
     if not idx:
         raise ValueError("no documents to extract features from")
-    out_layer = _output_layer(model, head_modules)
+    out_layer = output_layer(model, head_modules)
     pooled: List[torch.Tensor] = []
     hook = out_layer.register_forward_hook(lambda m, inp, o: pooled.append(inp[0].detach().float().cpu()))
     was = model.training

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..methods._model import Encoded, find_head, predict_logits, predictions
+from ..modeling.encoders import Encoded, find_head, predict_logits, predictions
 from .metrics import per_class_f1
 
 

@@ -1,44 +1,12 @@
-"""Run reports: one JSON with every figure plus the configuration and versions, and PNG plots."""
+"""Run reports: one JSON with every figure plus the configuration and versions, and PNG plots.
+(:func:`write_json` lives in :mod:`steu_ext._outdir`, :func:`versions` in :mod:`steu_ext.env_report`, below
+every layer that writes reports; both are re-exported here.)"""
 from __future__ import annotations
 
-import json
-import os
-import platform
-import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Sequence
 
-
-def versions() -> Dict[str, Optional[str]]:
-    import torch
-    import transformers
-
-    from .. import __version__
-
-    out = {"steu_ext": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-           "python": platform.python_version(), "cuda": torch.version.cuda,
-           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"}
-    try:
-        import triton
-
-        out["triton"] = triton.__version__
-    except Exception:  # noqa: BLE001 - optional
-        out["triton"] = None
-    return out
-
-
-def write_json(path: str, report: Dict[str, Any]) -> str:
-    """Write ``report`` atomically (temp file + rename; the temp file is removed on failure)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    report = dict(report)
-    report.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    report.setdefault("versions", versions())
-    from .._outdir import atomic_write
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=2, default=str)
-
-    return atomic_write(path, write)
+from .._outdir import write_json  # noqa: F401  (re-exported)
+from ..env_report import versions  # noqa: F401  (re-exported)
 
 
 def plot_f1(path: str, label_names: Sequence[str], before: Sequence[float], after: Sequence[float],

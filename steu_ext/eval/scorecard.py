@@ -3,7 +3,7 @@
 Columns: behaviour (forget F1, retain average F1), representation (linear-probe F1 / AUROC for the target
 class on frozen features), relearning (steps until target F1 is back at half the original's, F1 after the
 attack's step budget), loss-based membership-inference AUC, parameters modified and time. Built from the
-report of :func:`steu_ext.methods.compare.run_compare`; columns whose attack was switched off read ``-``.
+report of :func:`steu_ext.experiments.compare.run_compare`; columns whose attack was switched off read ``-``.
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ def _seed_row(report: Dict[str, Any], method: str) -> Dict[str, Any]:
 
 
 def aggregate(reports: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Rows of mean ± sd over the per-seed reports of :func:`~steu_ext.methods.compare.run_compare` (same
+    """Rows of mean ± sd over the per-seed reports of :func:`~steu_ext.experiments.compare.run_compare` (same
     target, same methods): per method ``{column: {"mean", "sd", "n", "values"}}`` for :data:`AGG_COLUMNS`,
     plus ``relearn_censored`` (seeds where relearning did not reach half the original F1 within the budget;
     those count at the budget, so the mean is a lower bound)."""

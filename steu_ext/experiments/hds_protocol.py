@@ -8,10 +8,10 @@
    (never taught: the MIA's non-members), retain items (taught, kept). Forget and never-seen items are
    each split in two: the **stop** half, which a stopping rule and the question-target estimate may use,
    and the **report** half, on which the figures are reported;
-3. a tiny random Llama (:func:`steu_ext.methods.hds.tiny_causal_lm`) that first learns medical language
+3. a tiny random Llama (:func:`steu_ext.experiments.tiny_models.tiny_causal_lm`) that first learns medical language
    (``pretrain_epochs`` passes over the bundled medical abstracts and the PubMedQA contexts of items in
    no subset; a few abstracts are held out to measure that competence), then is taught forget + retain
-   items until it answers them (:func:`steu_ext.methods.hds.teach`);
+   items until it answers them (:func:`steu_ext.experiments.tiny_models.teach`);
 4. the **gold standard**: the same pretrained model (same seed), taught the retain items only, for the
    same number of epochs with the same learning rate and batch size. Its accuracy and per-token NLL on
    the forget items are the "never seen" level every method is measured against.
@@ -31,9 +31,10 @@ import torch
 from torch import nn
 
 from ..data.concepts import ConceptHierarchy, example_hierarchy_path, load_hierarchy
-from ..data.qa import QAItem, load_pubmedqa, split_domain
-from ..eval.qa import continuation_of, evaluate_qa, prompt_of, sequence_nll, token_logprobs
-from ..methods import hds
+from ..data.qa import QAItem, continuation_of, load_pubmedqa, prompt_of, split_domain
+from ..eval.qa import evaluate_qa, sequence_nll
+from ..modeling.causal_lm import token_logprobs
+from . import tiny_models
 
 __all__ = ["Protocol", "build_protocol", "pretrain", "text_nll", "gold_distance", "medical_texts"]
 
@@ -174,15 +175,15 @@ def build_protocol(data, *, n_forget: int = 80, n_never: int = 80, n_retain: int
         contexts = contexts[:pretrain_contexts]
     corpus = abstracts + contexts if pretrain_epochs > 0 else []
     qa_texts = [prompt_of(i) + continuation_of(i) for i in items]
-    model, tok = hds.tiny_causal_lm(qa_texts + corpus, seed=seed, hidden=hidden, layers=layers)
+    model, tok = tiny_models.tiny_causal_lm(qa_texts + corpus, seed=seed, hidden=hidden, layers=layers)
     pre = None
     if pretrain_epochs > 0:
         pre = pretrain(model, tok, corpus, epochs=pretrain_epochs, seed=seed)
         log(f"pretrained on {len(abstracts)} abstracts + {len(contexts)} contexts: {pre}")
     gold = copy.deepcopy(model)
-    taught = hds.teach(model, tok, forget + retain, epochs=teach_epochs, max_length=max_length, seed=seed)
+    taught = tiny_models.teach(model, tok, forget + retain, epochs=teach_epochs, max_length=max_length, seed=seed)
     log(f"taught forget + retain: {taught}")
-    gold_taught = hds.teach(gold, tok, retain, epochs=taught["epochs"], target_acc=None, max_length=max_length,
+    gold_taught = tiny_models.teach(gold, tok, retain, epochs=taught["epochs"], target_acc=None, max_length=max_length,
                             seed=seed)
     log(f"gold standard (retain only, {taught['epochs']} epochs): {gold_taught}")
     p = Protocol(model, gold, tok, hierarchy, forget[:ks], forget[ks:], never[:kn], never[kn:], retain, heldout)

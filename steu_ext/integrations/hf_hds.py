@@ -160,7 +160,7 @@ class HDSTrainer(Trainer):
                                                       use_cpu=True, report_to=[]),
                              processing_class=tok, forget_items=forget, retain_items=retain,
                              hierarchy=load_hierarchy("concepts.yaml"), hds_config=HDSConfig(),
-                             stop_rule=hds.IndistinguishableStop(tok, forget_stop, never_stop, model=model))
+                             stop_rule=IndistinguishableStop(tok, forget_stop, never_stop, model=model))
         trainer.train()
         trainer.save_adapter("hds_adapter/")   # the edit: an unmerged PEFT adapter (apply / revert)
         model = trainer.unlearned_model()      # LoRA merged, a plain model
@@ -173,7 +173,7 @@ class HDSTrainer(Trainer):
     ``HDSConfig.lr`` and clipping only with ``HDSConfig.clip_norm``. So ``TrainingArguments.learning_rate``,
     ``lr_scheduler_type``, warmup, ``max_grad_norm``, ``weight_decay`` and ``optim`` are not used (a warning
     names those set to non-default values), nor are ``HDSConfig.epochs``/``batch_size`` (the loop's
-    lengths are ``TrainingArguments``'). ``stop_rule`` (e.g. :class:`~steu_ext.methods.hds.IndistinguishableStop`)
+    lengths are ``TrainingArguments``'). ``stop_rule`` (e.g. :class:`~steu_ext.eval.stopping.IndistinguishableStop`)
     is checked after every epoch, stops training when met and restores its best epoch at the end when it
     never was (its record: ``trainer.stopping``). The logs carry ``forget_loss`` and ``keep_loss`` next to
     ``loss`` (at least once per epoch). ``evaluate()`` without an eval dataset scores the model on

@@ -96,15 +96,6 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..eval.metrics import per_class_f1, unlearning_f1
-from ..methods._labels import label_matrix, resolve_target
-from ..methods._model import (
-    Encoded,
-    embedding_param_name,
-    find_head,
-    last_hidden,
-    predict_logits,
-    predictions,
-)
 from ..methods.edit import STEUEdit
 from ..methods.steu import (
     STEUConfig,
@@ -115,6 +106,15 @@ from ..methods.steu import (
     steu_param_groups,
     utility_loss,
 )
+from ..modeling.encoders import (
+    Encoded,
+    embedding_param_name,
+    find_head,
+    last_hidden,
+    predict_logits,
+    predictions,
+)
+from ..modeling.labels import label_matrix, resolve_target
 from ..optim import RowSparseAdam
 
 log = logging.getLogger("steu_ext")

@@ -40,9 +40,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._progress import show_progress
-from ._labels import label_matrix, resolve_target
-from ._model import Encoded, embedding_param_name, find_head, is_multi_label, predict_logits
-from .finetune import _output_layer, finetune_cached
+from ..modeling.encoders import (
+    Encoded,
+    embedding_param_name,
+    find_head,
+    is_multi_label,
+    output_layer,
+    predict_logits,
+)
+from ..modeling.labels import label_matrix, resolve_target
+from .finetune import finetune_cached
 from .steu import (
     STEUConfig,
     STEUResult,
@@ -374,7 +381,7 @@ DEFAULT_MARGIN = 10.0
 
 def _output_layer_named(model: nn.Module, head_modules: Optional[List[str]]) -> Tuple[str, nn.Linear]:
     """``(qualified name, Linear)`` of the layer that produces the logits; it must have a bias."""
-    out = _output_layer(model, head_modules)
+    out = output_layer(model, head_modules)
     name = next(n for n, m in model.named_modules() if m is out)
     if out.bias is None:
         raise ValueError(f"the output layer {name!r} has no bias: the trivial baselines edit the bias")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._progress import show_progress
-from ._model import Encoded, find_head, is_multi_label
+from ..modeling.encoders import Encoded, is_multi_label, output_layer
 
 log = logging.getLogger("steu_ext")
 
@@ -33,17 +33,6 @@ def _loss(z: torch.Tensor, y: torch.Tensor, multi: bool) -> torch.Tensor:
     if multi:
         return F.binary_cross_entropy_with_logits(z, y)
     return F.cross_entropy(z, y.argmax(1))
-
-
-def _output_layer(model: nn.Module, head_modules: Optional[List[str]]) -> nn.Linear:
-    find_head(model, head_modules)  # validates the head exists
-    names = head_modules or None
-    linears = [m for n, m in model.named_modules() if isinstance(m, nn.Linear)
-               and m.out_features == model.config.num_labels
-               and (names is None or any(n == h or n.startswith(h + ".") for h in names))]
-    if not linears:
-        raise ValueError("cannot find the output layer (a Linear with num_labels outputs) of the head")
-    return linears[-1]
 
 
 def train_classifier(model: nn.Module, data: Encoded, idx: Sequence[int], *, mode: str = "head",
@@ -79,7 +68,7 @@ def train_classifier(model: nn.Module, data: Encoded, idx: Sequence[int], *, mod
     losses: List[float] = []
     device = next(model.parameters()).device
     if mode == "head":
-        out = _output_layer(model, head_modules)
+        out = output_layer(model, head_modules)
         feats: List[torch.Tensor] = []
         hook = out.register_forward_hook(lambda m, inp, o: feats.append(inp[0].detach()))
         was = model.training
@@ -147,7 +136,7 @@ def set_prior_bias(model: nn.Module, labels: torch.Tensor, multi_label: bool,
                    head_modules: Optional[List[str]] = None) -> None:
     """Output-layer bias := the class priors of ``labels`` ``[N, C]`` (log-odds for sigmoid heads,
     log-probabilities for softmax heads; clamped away from 0 and 1)."""
-    out = _output_layer(model, head_modules)
+    out = output_layer(model, head_modules)
     if out.bias is None:
         raise ValueError("the output layer has no bias to initialise")
     p = labels.float().mean(0).clamp(1e-4, 1 - 1e-4)

@@ -46,10 +46,11 @@ Per step, with a forget batch (items of the forget domain) and a retain batch:
   elements a merge would change (:func:`merged_changes`), and ships the edit as an **unmerged PEFT
   adapter** (:meth:`HDSResult.save_adapter`, :func:`load_adapter` with a base-fingerprint check,
   :func:`remove_adapter` restores the base weights bit-exact).
-* **stopping**: ``monitor`` rules checked after every epoch. :class:`IndistinguishableStop` ("until
-  indistinguishable"): forget accuracy within a band of the never-seen level and loss-MIA AUC within a
-  band of 0.5, on items of its own (report on disjoint ones); it restores the closest epoch when never
-  met. :class:`ForgettingStop` keeps the paper's "forgetting rate >= target" framing.
+* **stopping**: ``monitor`` rules checked after every epoch; a :class:`StopRule` also restores its best
+  epoch when never met and lands its record in the result. The rules themselves are evaluation criteria
+  and live in :mod:`steu_ext.eval.stopping`: ``IndistinguishableStop`` ("until indistinguishable": forget
+  accuracy within a band of the never-seen level and loss-MIA AUC within a band of 0.5, on items of its
+  own; report on disjoint ones) and ``ForgettingStop`` (the paper's "forgetting rate >= target" framing).
   :func:`estimate_question_target` takes ``question_target`` from never-taught items.
 * **one computation, two entry points**: :func:`unlearn` and ``HDSTrainer`` share :func:`epoch_order`,
   :func:`retain_position`, the LoRA initialisation, :class:`HDSGradient`, a constant learning rate and
@@ -72,9 +73,10 @@ Per step, with a forget batch (items of the forget domain) and a retain batch:
   running that batch.
 
 :func:`unlearn` returns a new model (the caller's model is not modified). GA, NPO and GradDiff are
-configurations of the same loop (:func:`baseline_config`). :func:`tiny_causal_lm` and :func:`teach` build
-the small randomly initialised LM of the offline protocol (with its gold standard in
-:mod:`steu_ext.experiments.hds_protocol`).
+configurations of the same loop (:func:`baseline_config`). The small randomly initialised LM of the offline
+protocol (``tiny_causal_lm``, ``teach``) is in :mod:`steu_ext.experiments.tiny_models`, the protocol with its
+gold standard in :mod:`steu_ext.experiments.hds_protocol`; the text format and token scoring come from
+:mod:`steu_ext.data.qa` and :mod:`steu_ext.modeling.causal_lm`.
 """
 from __future__ import annotations
 
@@ -84,7 +86,6 @@ import copy
 import functools
 import logging
 import os
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -95,16 +96,16 @@ from torch import nn
 
 from .._progress import show_progress
 from ..data.concepts import PRESERVE, TARGET, ConceptHierarchy
-from ..data.qa import QAItem
-from ..eval.qa import accuracy, continuation_of, encode_qa, prompt_of, token_logprobs
+from ..data.qa import QAItem, continuation_of, prompt_of
+from ..modeling.causal_lm import encode_qa, token_logprobs
 from ..ops.grad_project import grad_project_, grad_project_basis_, orthonormal_basis
 
 log = logging.getLogger("steu_ext")
 
 __all__ = ["HDSConfig", "HDSResult", "HDSGradient", "encode_examples", "collate", "unlearn",
-           "baseline_config", "wrap_lora", "lora_config", "lora_budget", "wordpiece_tokenizer", "ABLATIONS",
-           "tiny_causal_lm", "teach", "forget_objective", "question_objective", "keep_nll", "forgetting_monitor",
-           "question_nll", "estimate_question_target", "StopRule", "ForgettingStop", "IndistinguishableStop",
+           "baseline_config", "wrap_lora", "lora_config", "lora_budget", "ABLATIONS",
+           "forget_objective", "question_objective", "keep_nll",
+           "question_nll", "estimate_question_target", "StopRule",
            "save_adapter", "load_adapter", "remove_adapter", "merged_changes", "base_fingerprint", "epoch_order",
            "retain_position"]
 
@@ -1009,97 +1010,6 @@ class StopRule:
                 "trace": list(self.trace)}
 
 
-class ForgettingStop(StopRule):
-    """The paper's framing: stop once the forgetting rate ``(acc_before - acc) / acc_before`` on ``forget``
-    reaches ``target`` (kept for comparison: it rewards over-forgetting, see :class:`IndistinguishableStop`)."""
-
-    def __init__(self, tokenizer, forget: Sequence[QAItem], acc_before: float, target: float = 0.8, *,
-                 keep_best: bool = False, **score_kw):
-        super().__init__(keep_best)
-        if acc_before <= 0:
-            raise ValueError("acc_before must be > 0")
-        if not forget:
-            raise ValueError("the stopping rule needs forget items")
-        self.tokenizer, self.forget, self.acc_before, self.target, self.kw = tokenizer, list(forget), \
-            float(acc_before), float(target), score_kw
-
-    def check(self, model, epoch):
-        acc = accuracy(model, self.tokenizer, self.forget, **self.kw)
-        rate = (self.acc_before - acc) / self.acc_before
-        return rate >= self.target, (max(self.target - rate, 0.0),), {"forget_acc": acc, "forgetting_rate": rate}
-
-
-class IndistinguishableStop(StopRule):
-    """Stop "until indistinguishable" from a model that never saw the forget items: the accuracy on the
-    rule's forget items within ``band`` of ``level`` (the never-seen level) and the loss-based MIA AUC of
-    those items against never-seen items of the same domain within ``auc_band`` of 0.5 (both sides: an
-    over-forgotten item, with a loss above the never-seen ones, is as recognisable as a remembered one).
-
-    Give the rule its own items (``forget`` a subset of the unlearned items, ``never_seen`` held-out items
-    of the domain) and report on disjoint ones. ``level``: the accuracy a model never taught ``forget``
-    reaches on them (in the protocol: the gold standard's); None estimates it as the accuracy of ``model``
-    (the original, before unlearning) on ``never_seen``, computed at construction. If the rule is never
-    met, training runs to its last epoch and :meth:`finish` restores the epoch whose figures came closest
-    (``keep_best``)."""
-
-    def __init__(self, tokenizer, forget: Sequence[QAItem], never_seen: Sequence[QAItem], *,
-                 level: Optional[float] = None, model: Optional[nn.Module] = None, band: float = 0.05,
-                 auc_band: float = 0.05, keep_best: bool = True, long_answer: bool = False, **score_kw):
-        super().__init__(keep_best)
-        if not forget or not never_seen:
-            raise ValueError("the stopping rule needs forget items and never-seen items of the same domain")
-        if {i.id for i in forget} & {i.id for i in never_seen}:
-            raise ValueError("the stopping rule's forget and never-seen items overlap")
-        if not (0 < band < 1 and 0 < auc_band < 0.5):
-            raise ValueError("band must be in (0, 1) and auc_band in (0, 0.5)")
-        if level is None:
-            if model is None:
-                raise ValueError("give the never-seen level, or the original model to estimate it from the "
-                                 "never-seen items")
-            level = accuracy(model, tokenizer, never_seen, **score_kw)
-            self.level_source = "accuracy of the original model on the rule's never-seen items"
-        else:
-            self.level_source = "given"
-        if not 0 <= level <= 1:
-            raise ValueError(f"level must be an accuracy in [0, 1], got {level!r}")
-        self.tokenizer, self.forget, self.never = tokenizer, list(forget), list(never_seen)
-        self.level, self.band, self.auc_band, self.long_answer, self.kw = float(level), float(band), \
-            float(auc_band), bool(long_answer), score_kw
-
-    def check(self, model, epoch):
-        from ..eval.qa import mia_auc
-
-        acc = accuracy(model, self.tokenizer, self.forget, **self.kw)
-        m = mia_auc(model, self.tokenizer, self.forget, self.never, long_answer=self.long_answer, **self.kw)
-        da, dm = abs(acc - self.level), abs(m["auc"] - 0.5)
-        met = da <= self.band + 1e-12 and dm <= self.auc_band + 1e-12
-        score = (max(da - self.band, 0.0) / self.band + max(dm - self.auc_band, 0.0) / self.auc_band,
-                 da / self.band + dm / self.auc_band)
-        return met, score, {"forget_acc": acc, "mia_auc": m["auc"], "member_loss": m["member_loss"],
-                            "nonmember_loss": m["nonmember_loss"]}
-
-    def record(self) -> Dict[str, Any]:
-        return {**super().record(), "level": self.level, "level_source": self.level_source, "band": self.band,
-                "auc_band": self.auc_band, "n_forget": len(self.forget), "n_never_seen": len(self.never)}
-
-
-def forgetting_monitor(tokenizer, forget: Sequence[QAItem], acc_before: float, target: float = 0.8,
-                       trace: Optional[List[float]] = None, **score_kw) -> Callable[[nn.Module, int], bool]:
-    """A ``monitor`` for :func:`unlearn` that stops once the forgetting rate on ``forget`` reaches
-    ``target`` (checked after every epoch; the accuracies are appended to ``trace``). Used to compare
-    methods at the same forgetting (the paper's framing; see :class:`IndistinguishableStop`)."""
-    rule = ForgettingStop(tokenizer, forget, acc_before, target, **score_kw)
-    if trace is None:
-        return rule
-
-    def monitor(model: nn.Module, epoch: int) -> bool:
-        stop = rule(model, epoch)
-        trace.append(rule.trace[-1]["forget_acc"])
-        return stop
-
-    return monitor
-
-
 def estimate_question_target(model: nn.Module, tokenizer, never_taught: Sequence[QAItem], *,
                              max_length: int = 64, long_answer: bool = False,
                              exclude: Sequence[QAItem] = ()) -> Dict[str, Any]:
@@ -1148,93 +1058,18 @@ def question_nll(model: nn.Module, tokenizer, items: Sequence[QAItem], *, max_le
     return torch.cat(out)
 
 
-# ---------------------------------------------------------------------------------------------------
-# the offline protocol: a tiny randomly initialised causal LM taught the QA pairs
+# compatibility shim (PEP 562, lazy so that importing this module never imports eval/ or experiments/):
+# the stopping rules moved to steu_ext.eval.stopping, the offline protocol's tiny LM to
+# steu_ext.experiments.tiny_models; hds.<name> keeps working for these names.
+_MOVED = {"ForgettingStop": "steu_ext.eval.stopping", "IndistinguishableStop": "steu_ext.eval.stopping",
+          "forgetting_monitor": "steu_ext.eval.stopping", "wordpiece_tokenizer": "steu_ext.experiments.tiny_models",
+          "tiny_causal_lm": "steu_ext.experiments.tiny_models", "teach": "steu_ext.experiments.tiny_models",
+          "accuracy": "steu_ext.eval.qa"}  # accuracy: was reachable as hds.accuracy (imported from eval.qa)
 
 
-def wordpiece_tokenizer(texts: Sequence[str], *, vocab_size: int = 3000, min_frequency: int = 2):
-    """A lower-case BERT-style WordPiece fast tokenizer whose vocabulary is built deterministically from
-    ``texts``: every character (alone and as ``##`` continuation) plus the most frequent whole words (ties
-    by spelling); rarer words split into shorter pieces. (The ``tokenizers`` trainers break frequency ties
-    differently from run to run, which would change the vocabulary between processes.) It adds [CLS]
-    (acting as BOS) and [SEP]."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
 
-    if not texts:
-        raise ValueError("need texts to build the tokenizer")
-    norm = normalizers.BertNormalizer(lowercase=True)
-    pre = pre_tokenizers.BertPreTokenizer()
-    counts: Dict[str, int] = collections.Counter()
-    for t in texts:
-        counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(t)))
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = sorted({c for w in counts for c in w})
-    vocab = specials + chars + ["##" + c for c in chars]
-    seen = set(vocab)
-    for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        if len(vocab) >= vocab_size or n < min_frequency:
-            break
-        if w not in seen:
-            vocab.append(w)
-            seen.add(w)
-    ids = {w: i for i, w in enumerate(vocab)}
-    tk = Tokenizer(models.WordPiece(ids, unk_token="[UNK]", max_input_chars_per_word=100))
-    tk.normalizer, tk.pre_tokenizer = norm, pre
-    tk.post_processor = processors.BertProcessing(("[SEP]", ids["[SEP]"]), ("[CLS]", ids["[CLS]"]))
-    from tokenizers import decoders
-    tk.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-
-
-def tiny_causal_lm(texts: Sequence[str], *, seed: int = 0, vocab_size: int = 3000, hidden: int = 64,
-                   layers: int = 2, heads: int = 4, max_positions: int = 256):
-    """``(model, tokenizer)``: a randomly initialised Llama and :func:`wordpiece_tokenizer` of ``texts``
-    (no download)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = wordpiece_tokenizer(texts, vocab_size=vocab_size)
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                      max_position_embeddings=max_positions, pad_token_id=tok.pad_token_id,
-                      bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, tie_word_embeddings=False)
-    return LlamaForCausalLM(cfg), tok
-
-
-def teach(model: nn.Module, tokenizer, items: Sequence[QAItem], *, epochs: int = 200, lr: float = 3e-3,
-          batch_size: int = 32, max_length: int = 96, long_answer: bool = False,
-          target_acc: Optional[float] = 0.95, check_every: int = 10, seed: int = 0) -> Dict[str, Any]:
-    """Teach ``model`` (in place) the items' training texts with next-token cross-entropy on every token
-    until its multiple-choice accuracy on them reaches ``target_acc`` (checked every ``check_every``
-    epochs) or ``epochs`` run out (``target_acc=None``: exactly ``epochs`` epochs, e.g. to repeat another
-    run's schedule). Returns ``{"accuracy", "epochs", "seconds"}``."""
-    t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    pad = _pad_id(tokenizer)
-    seqs = [encode_qa(tokenizer, prompt_of(it), continuation_of(it, long_answer=long_answer),
-                      max_length)["input_ids"] for it in items]
-    device = next(model.parameters()).device
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    acc, ep = 0.0, 0
-    for ep in range(1, epochs + 1):
-        model.train()
-        order = list(range(len(seqs)))
-        rng.shuffle(order)
-        for s in range(0, len(order), batch_size):
-            b = collate([{"input_ids": seqs[i], "fw": torch.zeros(len(seqs[i])),
-                          "kw": torch.zeros(len(seqs[i]))} for i in order[s:s + batch_size]], pad)
-            ids, att = b["input_ids"].to(device), b["attention_mask"].to(device)
-            lp = token_logprobs(model, ids, att)
-            loss = -(lp * att[:, 1:]).sum() / att[:, 1:].sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if ep == epochs or (target_acc is not None and ep % check_every == 0):
-            acc = accuracy(model, tokenizer, items, max_length=max_length)
-            if target_acc is not None and acc >= target_acc:
-                break
-    model.eval()
-    return {"accuracy": acc, "epochs": ep, "seconds": time.perf_counter() - t0}
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

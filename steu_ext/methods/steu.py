@@ -45,12 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._progress import show_progress
-from ..eval.metrics import snapshot
-from ..ops.doc_counts import PMICounter
-from ..ops.pmi import MEASURES, select_top_k
-from ..optim import RowSparseAdam
-from ._labels import label_matrix, resolve_target  # noqa: F401  (also importable from here)
-from ._model import (
+from ..modeling.encoders import (
     Encoded,
     embedding_param_name,
     find_head,
@@ -59,6 +54,11 @@ from ._model import (
     pooled_features,
     predict_logits,
 )
+from ..modeling.labels import label_matrix, resolve_target  # noqa: F401  (also importable from here)
+from ..modeling.params import snapshot
+from ..ops.doc_counts import PMICounter
+from ..ops.pmi import MEASURES, select_top_k
+from ..optim import RowSparseAdam
 from .edit import STEUEdit
 
 log = logging.getLogger("steu_ext")
