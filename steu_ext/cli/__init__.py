@@ -62,7 +62,7 @@ def _steu_args(p) -> None:
 
 
 def _config(a, **over):
-    from .methods.steu import STEUConfig
+    from ..methods.steu import STEUConfig
 
     kw = dict(k=a.k, measure=a.measure, alpha=a.alpha, min_count=a.min_count, epochs=a.epochs, lr=a.lr,
               head_lr=a.head_lr, utility_weight=a.utility_weight, batch_size=a.batch_size,
@@ -72,21 +72,21 @@ def _config(a, **over):
 
 
 def _load_data(a):
-    from .data.loaders import load_text_classification
+    from ..data.loaders import load_text_classification
 
     return load_text_classification(a.data, a.text_column, a.label_column, a.label_sep)
 
 
 def _check_out(path: str, overwrite: bool, inputs=()) -> None:
     """The `_output_dir` checks, up front (before any slow work)."""
-    from ._outdir import check_output_dir
+    from .._outdir import check_output_dir
 
     check_output_dir(path, overwrite, inputs)
 
 
 def _finalize_output(tmp: str, final: str) -> None:
     _final_paths(tmp, final)
-    from ._fsutil import chmod_tree_like_new
+    from .._fsutil import chmod_tree_like_new
 
     chmod_tree_like_new(tmp)  # safetensors files are 0600 otherwise: edits, models and reports alike
 
@@ -95,7 +95,7 @@ def _output_dir(path: str, overwrite: bool, inputs=()):
     """A temporary sibling folder renamed to ``path`` only if the block succeeds (see :mod:`steu_ext._outdir`:
     refuses ``.``, home, a folder holding an input, and any non-empty folder steu did not write); reports
     name the final paths and files get the umask's permissions."""
-    from ._outdir import output_dir
+    from .._outdir import output_dir
 
     return output_dir(path, overwrite, inputs, finalize=_finalize_output)
 
@@ -141,7 +141,7 @@ def _load_trained(model_path: str, label_names: Optional[List[str]] = None):
         model, info = AutoModelForSequenceClassification.from_pretrained(model_path, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise BadInput(f"cannot load a sequence classifier from {model_path!r}: {str(e).splitlines()[0]}") from None
-    from .methods._model import find_head
+    from ..methods._model import find_head
 
     head = find_head(model)
     missing = set(info.get("missing_keys", ()))
@@ -164,15 +164,15 @@ def _save_model(model, tok, path: str) -> None:
 
 # ---- commands -----------------------------------------------------------------------------------------
 def cmd_demo(a) -> int:
-    from .methods.experiment import DEFAULT_MODEL, offline_minilm_path, run_experiment, summary_table
+    from ..methods.experiment import DEFAULT_MODEL, offline_minilm_path, run_experiment, summary_table
 
     _check_out(a.out, a.overwrite, [a.data, a.model])
     _check_model_path(a.model)
     if a.data:
         data, source = _load_data(a), a.data
     else:
-        from .data.loaders import TextClassificationData
-        from .data.synthetic import generate_notes
+        from ..data.loaders import TextClassificationData
+        from ..data.synthetic import generate_notes
 
         g = generate_notes(a.n_docs, seed=a.seed)
         data = TextClassificationData(g["text"], g["labels"], g["label_names"], True)
@@ -180,7 +180,7 @@ def cmd_demo(a) -> int:
     model = a.model or DEFAULT_MODEL
     if model == DEFAULT_MODEL and offline_minilm_path() is None:
         print(f"note: {DEFAULT_MODEL} is not installed; using a small randomly initialised BERT", file=sys.stderr)
-    from .methods._labels import resolve_target
+    from ..methods._labels import resolve_target
 
     # names before positions (classes named "1".."5"), ambiguity refused: resolved here, passed as a position
     target = resolve_target(a.target, data.label_names) if a.target is not None else 0
@@ -212,7 +212,7 @@ def _default_workers() -> int:
 def _check_pmi_out(a, summary_file: str, checkpoint_dir: str) -> None:
     """`steu pmi --out`: refuse unsafe folders (see :mod:`steu_ext._outdir`); an existing folder must be one
     of ours (marker, summary or checkpoints) and, once finished, needs --overwrite."""
-    from ._outdir import MARKER, check_output_dir
+    from .._outdir import MARKER, check_output_dir
 
     out = a.out
     check_output_dir(out, True, [a.data, a.model], marker_files=(MARKER, summary_file, checkpoint_dir))
@@ -224,7 +224,7 @@ def _prepare_pmi_out(out: str, overwrite: bool) -> None:
     """Empty an old folder of ours (with --overwrite) and (re)create ``out`` with our marker file."""
     import shutil
 
-    from ._outdir import MARKER
+    from .._outdir import MARKER
 
     if overwrite and os.path.isdir(out) and os.listdir(out):
         shutil.rmtree(out)   # checked by _check_pmi_out: a folder steu wrote
@@ -237,7 +237,7 @@ def _remove_if_unused(out: str) -> None:
     """Remove ``out`` if it holds nothing but our marker (and empty folders)."""
     import shutil
 
-    from ._outdir import MARKER
+    from .._outdir import MARKER
 
     for root, _dirs, files in os.walk(out):
         if any(f != MARKER or root != out for f in files):
@@ -249,7 +249,7 @@ def cmd_pmi(a) -> int:
     """Stream the corpus, count with checkpoints (resumable, torchrun-aware), write counts and tables."""
     from transformers import AutoTokenizer
 
-    from .data.corpus_pmi import CHECKPOINT_DIR, SUMMARY_FILE, init_distributed, precompute_pmi
+    from ..data.corpus_pmi import CHECKPOINT_DIR, SUMMARY_FILE, init_distributed, precompute_pmi
 
     # cheap checks first: none of these may wait until the whole corpus has been counted
     if a.k < 1:
@@ -266,7 +266,7 @@ def cmd_pmi(a) -> int:
         raise BadInput(f"cannot load the tokenizer of {a.model!r}: {str(e).splitlines()[0]}") from None
     if a.k > len(tok):
         raise BadInput(f"k={a.k} is larger than the vocabulary ({len(tok)} tokens)")
-    from .data.stream import resolve_shards
+    from ..data.stream import resolve_shards
 
     try:
         resolve_shards(a.data)
@@ -321,8 +321,8 @@ def cmd_pmi(a) -> int:
 
 
 def _encode_eval(tok, data, names, max_length):
-    from .methods._labels import label_matrix
-    from .methods._model import Encoded
+    from ..methods._labels import label_matrix
+    from ..methods._model import Encoded
 
     return Encoded(tok, data.text, label_matrix(data.labels, len(names)), max_length)
 
@@ -341,8 +341,8 @@ def _remap(data, names):
 
 
 def _f1_report(model, enc, target, names, multi):
-    from .eval.metrics import per_class_f1, unlearning_f1
-    from .methods._model import predict_logits, predictions
+    from ..eval.metrics import per_class_f1, unlearning_f1
+    from ..methods._model import predict_logits, predictions
 
     pred = predictions(predict_logits(model, enc), multi)
     rep = unlearning_f1(per_class_f1(enc.labels, pred), target, names)
@@ -358,21 +358,21 @@ def _n_carrying(data, target: int) -> int:
 
 def _precomputed_counts(path: str, tok, names: List[str]):
     """Counts saved by `steu pmi`, checked against the model's tokenizer and put in the model's class order."""
-    from .data.corpus_pmi import load_counts
+    from ..data.corpus_pmi import load_counts
 
     cc = load_counts(path, tok)
     if sorted(cc.label_names) != sorted(names):
         raise BadInput(f"the counts in {path} are over the classes {cc.label_names}, the model's are {names}")
     order = [cc.label_names.index(n) for n in names]
     c = cc.counter
-    from .ops.sparse_doc_counts import SparsePMICounter
+    from ..ops.sparse_doc_counts import SparsePMICounter
 
     if isinstance(c, SparsePMICounter):  # STEU takes dense counts: expand when they fit
         if c.num_classes * c.num_tokens * 8 > 4 << 30:
             raise BadInput(f"the sparse counts in {path} ({c.num_classes} classes x {c.num_tokens} tokens) are "
                            "too large to expand for `steu unlearn`; use steu_ext.data.corpus_pmi."
                            "load_class_counts(path, target) for one class")
-        from .ops.doc_counts import PMICounter
+        from ..ops.doc_counts import PMICounter
 
         d = PMICounter(c.num_tokens, c.num_classes)
         d.counts, d.doc_freq, d.class_docs, d.n_docs = c.to_dense(), c.doc_freq, c.class_docs, c.n_docs
@@ -384,17 +384,17 @@ def _precomputed_counts(path: str, tok, names: List[str]):
 def cmd_unlearn(a) -> int:
     import time
 
-    from .eval.metrics import modified_parameters, snapshot
-    from .eval.report import write_json
-    from .methods._labels import resolve_target
-    from .methods._model import is_multi_label
-    from .methods.steu import unlearn
+    from ..eval.metrics import modified_parameters, snapshot
+    from ..eval.report import write_json
+    from ..methods._labels import resolve_target
+    from ..methods._model import is_multi_label
+    from ..methods.steu import unlearn
 
     _check_out(a.out, a.overwrite, [a.data, a.eval_data, a.model, a.counts])
     data = _load_data(a)
     eval_data = None
     if a.eval_data:
-        from .data.loaders import load_text_classification
+        from ..data.loaders import load_text_classification
 
         eval_data = load_text_classification(a.eval_data, a.text_column, a.label_column, a.label_sep)
     model, tok, names = _load_trained(a.model)
@@ -403,7 +403,7 @@ def cmd_unlearn(a) -> int:
     target = resolve_target(a.target, names)
     cfg = _config(a)
     cfg.validate(model.get_input_embeddings().weight.shape[0])
-    from .eval.vacuity import format_warnings, refuse_vacuous, vacuity_warnings
+    from ..eval.vacuity import format_warnings, refuse_vacuous, vacuity_warnings
 
     n_forget = _n_carrying(data, target)
     refuse_vacuous(n_forget, names[target], k=cfg.k, train_head=cfg.train_head,
@@ -453,16 +453,16 @@ def cmd_unlearn(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from .methods._labels import resolve_target
-    from .methods._model import is_multi_label
-    from .methods.edit import STEUEdit
+    from ..methods._labels import resolve_target
+    from ..methods._model import is_multi_label
+    from ..methods.edit import STEUEdit
 
     data = _load_data(a)
     model, tok, names = _load_trained(a.model)
     _check_same_labels(data, names, "data's")
     data = _remap(data, names)
     target = resolve_target(a.target, names)
-    from .eval.vacuity import format_warnings, vacuity_warnings
+    from ..eval.vacuity import format_warnings, vacuity_warnings
 
     edit = STEUEdit.load(a.edit) if a.edit else None
     enc = _encode_eval(tok, data, names, a.max_length)
@@ -487,7 +487,7 @@ def cmd_evaluate(a) -> int:
     if warnings:
         print(format_warnings(warnings))
     if a.out:
-        from .eval.report import write_json
+        from ..eval.report import write_json
 
         if os.path.isdir(a.out):
             raise BadInput(f"--out {a.out} is a folder; name a JSON file")
@@ -498,8 +498,8 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_compare(a) -> int:
-    from .methods.compare import METHODS, format_table, run_compare
-    from .methods.experiment import DEFAULT_MODEL
+    from ..methods.compare import METHODS, format_table, run_compare
+    from ..methods.experiment import DEFAULT_MODEL
 
     _check_out(a.out, a.overwrite, [a.data, a.model, a.cache_dir])
     methods = [m.strip() for m in a.methods.split(",") if m.strip()] if a.methods else list(METHODS)
@@ -509,21 +509,21 @@ def cmd_compare(a) -> int:
     if a.data:
         data = _load_data(a)
     else:
-        from .data.loaders import TextClassificationData
-        from .data.synthetic import generate_notes
+        from ..data.loaders import TextClassificationData
+        from ..data.synthetic import generate_notes
 
         g = generate_notes(a.n_docs, seed=a.seed)
         data = TextClassificationData(g["text"], g["labels"], g["label_names"], True)
-    from .eval.probe import ProbeConfig
-    from .eval.relearn import RelearnConfig
-    from .eval.scorecard import format_scorecard
+    from ..eval.probe import ProbeConfig
+    from ..eval.relearn import RelearnConfig
+    from ..eval.scorecard import format_scorecard
 
     pcfg = ProbeConfig(pooling=a.probe_pooling, max_train_docs=a.probe_train_docs, seed=a.seed)
     rcfg = RelearnConfig(steps=a.relearn_steps, target_docs=a.relearn_docs, other_docs=a.relearn_docs,
                          params=a.relearn_params, eval_every=a.relearn_eval_every,
                          max_eval_docs=a.relearn_eval_docs, seed=a.seed)
     if a.max_docs is not None:
-        from .data.loaders import stratified_split
+        from ..data.loaders import stratified_split
 
         if a.max_docs < 2:
             raise BadInput(f"--max-docs must be >= 2, got {a.max_docs}")
@@ -543,12 +543,12 @@ def cmd_compare(a) -> int:
               probe_fraction=a.probe_fraction if not a.no_probe else 0.0, max_train_docs=a.max_train_docs,
               cache_dir=a.cache_dir, top_layers=a.top_layers, progress=not a.quiet, probe=not a.no_probe,
               relearn=not a.no_relearn, inspect_edits=not a.no_inspect, probe_config=pcfg, relearn_config=rcfg)
-    from .methods._labels import resolve_target
+    from ..methods._labels import resolve_target
 
     # names before positions (classes named "1".."5"), ambiguity refused: resolved here, passed as a position
     target = resolve_target(a.target, data.label_names) if a.target is not None else 0
     if seeds is not None:
-        from .methods.compare import run_scorecard
+        from ..methods.compare import run_scorecard
 
         with _output_dir(a.out, a.overwrite, [a.data, a.model, a.cache_dir]) as tmp:
             res = run_scorecard(data, [target], seeds=seeds, out_dir=tmp, **kw)
@@ -570,7 +570,7 @@ def cmd_compare(a) -> int:
 def _edit_cmd(a, revert: bool) -> int:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from .methods.edit import STEUEdit
+    from ..methods.edit import STEUEdit
 
     _check_out(a.out, a.overwrite, [a.model, a.edit])
     edit = STEUEdit.load(a.edit)
@@ -592,8 +592,8 @@ def cmd_edits(a) -> int:
     """``steu edits list|apply|revert``: the stack of edits recorded in a model folder."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from .methods.edit import STEUEdit
-    from .methods.edit_stack import EditStack
+    from ..methods.edit import STEUEdit
+    from ..methods.edit_stack import EditStack
 
     if not os.path.isdir(a.model):
         raise BadInput(f"model folder not found: {a.model}")
@@ -637,11 +637,11 @@ def cmd_edits(a) -> int:
 
 
 def _load_qa(a):
-    from .data import qa
+    from ..data import qa
 
     if a.format == "pubmedqa":
         if a.hierarchy and a.forget_domains and not a.forget_mesh:   # from the items' MESHES through the hierarchy
-            from .data.concepts import load_hierarchy
+            from ..data.concepts import load_hierarchy
 
             return qa.load_pubmedqa(a.data, hierarchy=load_hierarchy(a.hierarchy),
                                     forget_domains=a.forget_domains.split(","))
@@ -681,11 +681,11 @@ def cmd_hds(a) -> int:
 
     import torch
 
-    from .data.concepts import load_hierarchy
-    from .data.qa import split_domain, subsample
-    from .eval.qa import continuation_of, evaluate_qa, prompt_of
-    from .eval.report import write_json
-    from .methods import hds
+    from ..data.concepts import load_hierarchy
+    from ..data.qa import split_domain, subsample
+    from ..eval.qa import continuation_of, evaluate_qa, prompt_of
+    from ..eval.report import write_json
+    from ..methods import hds
 
     _check_out(a.out, a.overwrite, [a.data, a.model, a.hierarchy])
     if bool(a.model) == bool(a.teach_tiny):
@@ -818,7 +818,7 @@ def cmd_hds(a) -> int:
 
 def cmd_hierarchy(a) -> int:
     """Build an HDS concept hierarchy file from MeSH descriptor XML or a UMLS release folder."""
-    from .data.concept_sources import LevelMap, from_mesh, from_umls, write_hierarchy
+    from ..data.concept_sources import LevelMap, from_mesh, from_umls, write_hierarchy
 
     if bool(a.from_mesh) == bool(a.from_umls):
         raise BadInput("give exactly one of --from-mesh desc.xml and --from-umls DIR")
@@ -1199,6 +1199,3 @@ def _main(a) -> int:
         print(f"steu {a.command}: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())
