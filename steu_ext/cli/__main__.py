@@ -3,4 +3,5 @@ import sys
 
 from . import main
 
-sys.exit(main())
+if __name__ == "__main__":   # not when merely imported (e.g. by pkgutil.walk_packages)
+    sys.exit(main())
