@@ -178,3 +178,59 @@ def test_commands_bad_input(saved_model, tmp_path, capsys, case, msg):
     assert rc == EXIT_BAD_INPUT
     assert msg in capsys.readouterr().err
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+# The subcommands and their options, in help order (pinned when cli.py became one module per subcommand).
+STEU_ARGS = ("--k --measure --alpha --min-count --epochs --lr --head-lr --utility-weight --batch-size --max-length "
+             "--seed")
+DATA_ARGS = "--data --text-column --label-column --label-sep"
+CLI_OPTIONS = {
+    "demo": f"{DATA_ARGS} --target --model --n-docs {STEU_ARGS} --finetune-mode --finetune-epochs --finetune-lr "
+            "--test-fraction --probe-fraction --quiet --out --overwrite",
+    "pmi": f"{DATA_ARGS} --format --model --target --labels --unknown-labels --on-malformed --k --measure --alpha "
+           "--min-count --max-length --workers --block-size/--batch-size --device --checkpoint-every "
+           "--checkpoint-seconds --no-resume --counts-format --quiet --out --overwrite",
+    "unlearn": f"{DATA_ARGS} --eval-data --model --target {STEU_ARGS} --counts --save-model --quiet --out --overwrite",
+    "evaluate": f"{DATA_ARGS} --model --edit --target --max-length --out --overwrite",
+    "compare": f"{DATA_ARGS} --target --model --methods --n-docs {STEU_ARGS} --top-layers --seeds --finetune-mode "
+               "--finetune-epochs --finetune-lr --test-fraction --probe-fraction --max-docs --max-train-docs "
+               "--cache-dir --no-probe --probe-pooling --probe-train-docs --no-relearn --relearn-steps "
+               "--relearn-docs --relearn-params --relearn-eval-every --relearn-eval-docs --no-inspect --quiet --out "
+               "--overwrite",
+    "hds": "--data --format --forget-mesh --forget-values --question-column --options-column --answer-column "
+           "--long-answer-column --domain-column --model --teach-tiny --hierarchy --forget-domains --method "
+           "--forget-loss --retain-loss --retain-weight --question-weight --question-target --projection "
+           "--no-fisher --subspace --adapter --lora-r --lora-targets --lora-layers --lr --epochs --stop --band "
+           "--auc-band --stop-fraction --stop-at-forgetting --batch-size --max-length --clip-norm "
+           "--noise-multiplier --max-forget --max-retain --never-seen-fraction --device --dtype --bf16 --seed "
+           "--save-model --quiet --out --overwrite",
+    "hierarchy": "--from-mesh --from-umls --forget-branch --basic-branches --clinical-branches --specialty-depth "
+                 "--sab --term-sabs --permuted --min-term-chars --on-malformed --out --overwrite",
+    "edits": "",
+    "edits list": "--model",
+    "edits apply": "--model --edit --name --out --overwrite",
+    "edits revert": "--model --id --out --overwrite",
+    "apply-edit": "--model --edit --force --out --overwrite",
+    "revert-edit": "--model --edit --force --out --overwrite",
+}
+
+
+def test_cli_subcommands_and_options_are_pinned():
+    import argparse
+
+    from steu_ext.cli import build_parser
+
+    got = {}
+
+    def walk(parser, path):
+        if path:
+            got[" ".join(path)] = " ".join("/".join(a.option_strings) for a in parser._actions
+                                           if a.option_strings and a.dest != "help")
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sp in a.choices.items():
+                    walk(sp, [*path, name])
+
+    walk(build_parser(), [])
+    assert list(got) == list(CLI_OPTIONS)          # the subcommands, in help order
+    assert got == CLI_OPTIONS
