@@ -22,10 +22,17 @@ TARGET = 0  # neoplasms
 PAPER = {"objective": "paper"}  # STEUConfig fields of the paper objective
 
 
-# The CI-sized protocol of issue #12 (full fine-tune, gold standard, probe split). Seed-to-seed figures of
-# this exact configuration (seeds 0-3, see the README's "Adversarial evaluation") fix PROBE_MARGIN.
+# The CI-sized protocol of issue #12 (full fine-tune, gold standard, probe split). This exact configuration
+# was run with every seed set to 1, 2 and 3 (2026-12-01; seed = subset, split, fine-tune and STEU seed): the
+# gold standard's probe F1 sat below the original's on each (by 0.093 / 0.050 / 0.059), and STEU's probe F1
+# was closer to the gold's than the original's (= bias suppression's) by 0.031 / 0.043 / 0.044. PROBE_MARGIN is
+# half the smallest of those; seed 0 (this test) was not used to choose it (there: 0.046, gold below the
+# original by 0.221). The same runs, for the other bounds: forget F1 after 0.083 / 0.082 / 0.061 / 0.039
+# (seeds 0-3: the 0.05 bound holds on seed 3 only, see the xfail below); retain macro F1 change +0.006 /
+# -0.093 / -0.002 / +0.014, so the 0.03 bound asserted below holds on seed 0 but NOT on seed 1 (a weak
+# original there: retain F1 0.41). Figures: one BLAS thread; CI runs with two.
 CI_DOCS, CI_MAXLEN, CI_EPOCHS, CI_LR = 900, 64, 3, 3e-4
-PROBE_MARGIN = 0.0
+PROBE_MARGIN = 0.015
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +87,9 @@ def steu_run(trained):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason="issue #12, recorded miss: in this CI-sized configuration (900 docs, "
-                   "max_length 64; the original reaches only forget F1 ~0.56) the default edit leaves forget F1 "
-                   "at 0.083 (3 fine-tune epochs; 0.054 with 4, where retain F1 then missed its 0.03 bound by 1e-4), above "
-                   "the 0.05 bound; on the full protocol "
+                   "max_length 64; the original reaches only forget F1 ~0.56 on seed 0) the default edit leaves "
+                   "forget F1 at 0.083 (seeds 1-3: 0.082 / 0.061 / 0.039; 0.054 on seed 0 with 4 fine-tune epochs), "
+                   "above the 0.05 bound; on the full protocol "
                    "(benchmarks/results/scorecard_medical_abstracts.md) it is 0.000 on all 6 seed x class runs")
 def test_steu_default_edit_forget_f1_bound(steu_run):
     assert steu_run["after"]["forget_f1"] <= 0.05
