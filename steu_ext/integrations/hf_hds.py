@@ -383,7 +383,7 @@ class HDSTrainer(Trainer):
     def save_adapter(self, folder: Union[str, os.PathLike], *, overwrite: bool = False) -> str:
         """Write the edit as an unmerged PEFT adapter folder (see
         :meth:`steu_ext.methods.hds.HDSResult.save_adapter`)."""
-        from ..methods.hds import adapter_of, save_adapter
+        from ..methods.hds_adapter import adapter_of, save_adapter
 
         model = self.accelerator.unwrap_model(self.model)
         if not hasattr(model, "peft_config"):
@@ -402,7 +402,7 @@ class HDSTrainer(Trainer):
         trainable = sum(t.numel() for t in self._trainable_before.values())
         total = sum(t.numel() for t in self._original.values())
         if hasattr(model, "peft_config"):
-            from ..methods.hds import merged_changes
+            from ..methods.hds_adapter import merged_changes
 
             dense = merged_changes(model)
         else:
