@@ -41,7 +41,6 @@ from ..eval.scorecard import scorecard_rows, write_scorecard
 from ..methods import baselines as bl
 from ..methods.finetune import finetune_cached
 from ..methods.steu import STEUConfig
-from ..modeling import loading
 from ..modeling.encoders import Encoded, output_layer
 from ..modeling.labels import label_matrix, resolve_target
 from ..modeling.loading import DEFAULT_MODEL
@@ -142,15 +141,7 @@ def run_compare(data: TextClassificationData, target, *, methods: Sequence[str] 
 
     t_start = time.perf_counter()
     torch.manual_seed(seed)
-    if model == DEFAULT_MODEL and loading.offline_minilm_path() is None:
-        log.warning("%s is not installed: using a small randomly initialised BERT instead", DEFAULT_MODEL)
-        model_desc = "tiny random BERT (2 layers, 128 hidden; WordPiece tokenizer trained on the data)"
-        net, tok = tiny_models.tiny_bert(data.text, len(names), multi, seed)
-        new_head = True
-    else:
-        net, tok, new_head = loading.load_classifier(model, names, multi, return_new_head=True)
-        kind = "offline MiniLM-L6 encoder, pretrained" if model == DEFAULT_MODEL else "pretrained"
-        model_desc = f"{model} ({kind})"
+    net, tok, new_head, model_desc = tiny_models.classifier_or_tiny(model, data.text, names, multi, seed)
     mode = finetune_mode
     cfg.validate(net.get_input_embeddings().weight.shape[0])
     if set(methods) & set(_TOP_N):

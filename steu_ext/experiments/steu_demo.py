@@ -20,7 +20,6 @@ from ..eval.probe import ProbeConfig, extract_features, fit_probe
 from ..eval.report import plot_f1, write_json
 from ..methods.finetune import train_classifier
 from ..methods.steu import STEUConfig, unlearn
-from ..modeling import loading
 from ..modeling.encoders import Encoded, predict_logits, predictions
 from ..modeling.labels import label_matrix, resolve_target
 from ..modeling.loading import DEFAULT_MODEL
@@ -73,14 +72,7 @@ def run_experiment(data: TextClassificationData, target, *, model: str = DEFAULT
         raise ValueError("the data is multi-label but a single-label (softmax) head was requested")
     t_start = time.perf_counter()
     torch.manual_seed(seed)
-    if model == DEFAULT_MODEL and loading.offline_minilm_path() is None:
-        log.warning("%s is not installed: using a small randomly initialised BERT instead", DEFAULT_MODEL)
-        model_desc = "tiny random BERT (2 layers, 128 hidden; WordPiece tokenizer trained on the data)"
-        net, tok = tiny_models.tiny_bert(data.text, len(names), multi, seed)
-        new_head = True
-    else:
-        net, tok, new_head = loading.load_classifier(model, names, multi, return_new_head=True)
-        model_desc = f"{model} ({'offline MiniLM-L6 encoder, pretrained' if model == DEFAULT_MODEL else 'pretrained'})"
+    net, tok, new_head, model_desc = tiny_models.classifier_or_tiny(model, data.text, names, multi, seed)
     mode = finetune_mode or "full"
     if mode not in FINETUNE_DEFAULTS:
         raise ValueError(f"finetune_mode must be 'full' or 'head', got {mode!r}")

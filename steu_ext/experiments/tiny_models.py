@@ -6,6 +6,7 @@ offline MiniLM encoder, and the tests); :func:`tiny_causal_lm`, a small Llama wi
 from __future__ import annotations
 
 import collections
+import logging
 import random
 import time
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -16,6 +17,7 @@ from torch import nn
 from ..data.qa import QAItem, continuation_of, prompt_of
 from ..eval.qa import accuracy
 from ..methods.hds import _pad_id, collate
+from ..modeling import loading
 from ..modeling.causal_lm import encode_qa, token_logprobs
 
 __all__ = ["tiny_bert", "wordpiece_tokenizer", "tiny_causal_lm", "teach"]
@@ -124,3 +126,18 @@ def teach(model: nn.Module, tokenizer, items: Sequence[QAItem], *, epochs: int =
                 break
     model.eval()
     return {"accuracy": acc, "epochs": ep, "seconds": time.perf_counter() - t0}
+
+
+def classifier_or_tiny(model: str, texts: Sequence[str], label_names: Sequence[str], multi_label: bool,
+                       seed: int) -> Tuple[nn.Module, Any, bool, str]:
+    """``(model, tokenizer, new_head, description)`` for the demo and compare protocols: ``model`` through
+    :func:`~steu_ext.modeling.loading.load_classifier`; when ``model`` is the default offline MiniLM and that
+    package is not installed, a small random BERT with a WordPiece tokenizer trained on ``texts`` (warned)."""
+    if model == loading.DEFAULT_MODEL and loading.offline_minilm_path() is None:
+        logging.getLogger("steu_ext").warning("%s is not installed: using a small randomly initialised BERT "
+                                              "instead", loading.DEFAULT_MODEL)
+        net, tok = tiny_bert(texts, len(label_names), multi_label, seed)
+        return net, tok, True, "tiny random BERT (2 layers, 128 hidden; WordPiece tokenizer trained on the data)"
+    net, tok, new_head = loading.load_classifier(model, label_names, multi_label, return_new_head=True)
+    kind = "offline MiniLM-L6 encoder, pretrained" if model == loading.DEFAULT_MODEL else "pretrained"
+    return net, tok, new_head, f"{model} ({kind})"
