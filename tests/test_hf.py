@@ -40,6 +40,7 @@ from steu_ext.methods.finetune import train_classifier
 from steu_ext.methods.steu import STEUConfig, label_matrix
 from steu_ext.modeling.encoders import Encoded, find_head
 from steu_ext.modeling.loading import offline_minilm_path
+from steu_ext.modeling.params import ALIGNMENT, read_tensor
 from steu_ext.optim import RowSparseAdam
 
 EMB = "bert.embeddings.word_embeddings.weight"
@@ -156,9 +157,14 @@ class _StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
+def _differ(p: torch.Tensor, q: torch.Tensor) -> str:
+    d = (p.float() - q.float()).abs()
+    return f"{int((d > 0).sum())} of {d.numel()} elements differ, by at most {float(d.max()):.3g}"
+
+
 def _assert_same_run(a: STEUTrainer, b: STEUTrainer):
     for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
-        assert torch.equal(p, q), n
+        assert torch.equal(p, q), f"{n}: {_differ(p, q)}"
     sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
     assert sa["state"].keys() == sb["state"].keys()
     for i in sa["state"]:
@@ -222,7 +228,42 @@ def test_resume_is_bit_exact(notes, interrupted, precision, variant):
     resumed = _trainer(notes, _args(run, bf16=runs["bf16"], **RESUME_ARGS), model=model)
     resumed.train(resume_from_checkpoint=resume)
     assert resumed.state.global_step == full.state.global_step
+    # what the resume read from the checkpoint lives in aligned memory of its own (see test_read_tensor_*)
+    loaded = [resumed.plan.teacher_logits, resumed._old_rows, *resumed._old_head.values(),
+              *(d.w for d in resumed.plan.directions.values())]
+    assert all(t.data_ptr() % ALIGNMENT == 0 for t in loaded)
     _assert_same_run(full, resumed)
+
+
+def test_read_tensor_gives_aligned_memory_of_its_own(tmp_path):
+    """safetensors hands out the file's bytes at the file's offsets (8/16-byte aligned); a BLAS rounds a
+    product with such a vector differently from the same values at the allocator's 64-byte alignment
+    (MKL on AVX-512: CI's resume runs drifted by an ulp per step through a class direction read back from
+    the checkpoint). read_tensor copies into fresh aligned memory: the product is the original's, bit for
+    bit."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 384, generator=g)
+    tensors = {f"t{i}": torch.randn(n, generator=g) for i, n in enumerate((3, 5, 384, 7, 384, 1, 384))}
+    save_file(tensors, tmp_path / "s.safetensors", metadata={"k": "v"})
+    with safe_open(tmp_path / "s.safetensors", "pt") as f:
+        raw = {k: f.get_tensor(k) for k in tensors}
+        read = {k: read_tensor(f, k) for k in tensors}
+    assert any(t.data_ptr() % ALIGNMENT for t in raw.values())  # the case exists in this very file
+    for k, t in tensors.items():
+        assert torch.equal(read[k], t) and read[k].data_ptr() % ALIGNMENT == 0
+        assert read[k].untyped_storage().data_ptr() != raw[k].untyped_storage().data_ptr()
+        if t.numel() == 384:
+            assert torch.equal(x @ read[k], x @ t)
+    # a misaligned copy of the same vector: the product may round differently on this CPU (the reason
+    # for the copy); reported, not asserted, as it depends on the BLAS and the CPU
+    buf = torch.empty(384 + 16)
+    shifted = buf[1:385].copy_(tensors["t2"])
+    if not torch.equal(x @ shifted, x @ tensors["t2"]):
+        print("a 4-byte-misaligned copy of the direction changes the product here: "
+              + _differ(x @ shifted, x @ tensors["t2"]))
 
 
 def test_resume_refuses_another_setup(notes, tmp_path):

@@ -17,6 +17,8 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from ..modeling.params import read_tensor
+
 log = logging.getLogger("steu_ext")
 
 __all__ = ["HDSTrainer", "HDSPairDataset", "HDSCollator", "HDSEpochSampler", "HDS_STATE_NAME"]
@@ -438,7 +440,7 @@ class HDSTrainer(Trainer):
             n = int((f.metadata() or {}).get("n", "0"))
             if n and n != len(self.hds_grad.params):
                 raise ValueError(f"{path} holds {n} Fisher tensors, the model trains {len(self.hds_grad.params)}")
-            self.hds_grad.fisher = ([f.get_tensor(f"fisher.{i}").to(p.device, torch.float32) for i, p in
+            self.hds_grad.fisher = ([read_tensor(f, f"fisher.{i}").to(p.device, torch.float32) for i, p in
                                      enumerate(self.hds_grad.params)] if n else None)
         return True
 

@@ -115,6 +115,7 @@ from ..modeling.encoders import (
     predictions,
 )
 from ..modeling.labels import label_matrix, resolve_target
+from ..modeling.params import read_tensor
 from ..optim import RowSparseAdam
 
 log = logging.getLogger("steu_ext")
@@ -827,22 +828,22 @@ class STEUTrainer(Trainer):
             md = f.metadata() or {}
             if md.get("format") != _STATE_FORMAT:
                 raise ValueError(f"{path} is not a STEUTrainer state (format {md.get('format')!r})")
-            rows = f.get_tensor("rows")
+            rows = read_tensor(f, "rows")
             if (md.get("target") != str(self.plan.target) or md.get("embedding") != self.plan.embedding
                     or not torch.equal(rows, self.plan.rows) or md.get("fingerprint") != self.fingerprint()
                     or json.loads(md["head"]) != list(self._old_head)):
                 raise ValueError(f"checkpoint {folder} was made for a different STEU setup (target, corpus, "
                                  "tokenizer or STEUConfig differ): cannot resume from it")
-            self._old_rows = f.get_tensor("old_rows")
-            self._old_head = {n: f.get_tensor(f"old_head.{n}") for n in self._old_head}
-            self.plan.teacher_logits = f.get_tensor("teacher_logits")
+            self._old_rows = read_tensor(f, "old_rows")
+            self._old_head = {n: read_tensor(f, f"old_head.{n}") for n in self._old_head}
+            self.plan.teacher_logits = read_tensor(f, "teacher_logits")
             dirs = json.loads(md.get("directions", "{}"))
             if self.plan.directions is not None and set(dirs) == set(self.plan.directions):
                 # the directions in force when the checkpoint was written (fitted on the original model, or
                 # the latest refit), not those of the model this trainer was built on
                 from ..methods.steu import ClassDirection
 
-                self.plan.directions = {k: ClassDirection(k, f.get_tensor(f"direction.{k}"), v["b"], v["aim"],
+                self.plan.directions = {k: ClassDirection(k, read_tensor(f, f"direction.{k}"), v["b"], v["aim"],
                                                           v["forget_mean"]) for k, v in dirs.items()}
         self.train_dataset.teacher_logits = self.plan.teacher_logits
         return True

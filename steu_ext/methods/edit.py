@@ -17,6 +17,8 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 from torch import nn
 
+from ..modeling.params import read_tensor
+
 FORMAT = "steu_ext.edit/1"
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
@@ -216,9 +218,9 @@ class STEUEdit:
                 absent = [k for k in need if k not in keys]
                 if absent:
                     raise ValueError(f"{path}: the edit file lacks the tensors {absent}")
-                edit = cls(md["embedding"], f.get_tensor("rows.ids"), f.get_tensor("rows.old"),
-                           f.get_tensor("rows.new"), {n: f.get_tensor(f"head.old.{n}") for n in head},
-                           {n: f.get_tensor(f"head.new.{n}") for n in head}, meta)
+                edit = cls(md["embedding"], read_tensor(f, "rows.ids"), read_tensor(f, "rows.old"),
+                           read_tensor(f, "rows.new"), {n: read_tensor(f, f"head.old.{n}") for n in head},
+                           {n: read_tensor(f, f"head.new.{n}") for n in head}, meta)
         except ValueError:
             raise
         except Exception as e:  # noqa: BLE001 - safetensors raises SafetensorError/OSError for a bad file

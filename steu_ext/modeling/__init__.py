@@ -13,7 +13,8 @@ imports none of them (``tests/test_layers.py`` checks the order).
 * :mod:`~steu_ext.modeling.causal_lm`: token scoring of causal LMs (:func:`encode_qa`,
   :func:`token_logprobs`, :func:`continuation_logprobs`).
 * :mod:`~steu_ext.modeling.params`: parameter snapshots for exact before/after comparisons
-  (:func:`snapshot`).
+  (:func:`snapshot`); tensors read from a safetensors file into aligned memory of their own
+  (:func:`read_tensor`).
 
 Importing this package does not import transformers.
 """
@@ -32,9 +33,9 @@ from .encoders import (
 )
 from .labels import label_matrix, resolve_target
 from .loading import DEFAULT_MODEL, load_classifier, offline_minilm_path
-from .params import snapshot
+from .params import read_tensor, snapshot
 
 __all__ = ["HEAD_MODULES", "Encoded", "embedding_param_name", "find_head", "is_multi_label", "last_hidden",
            "output_layer", "pooled_features", "predict_logits", "predictions", "label_matrix", "resolve_target",
            "DEFAULT_MODEL", "load_classifier", "offline_minilm_path", "encode_qa", "token_logprobs",
-           "continuation_logprobs", "snapshot"]
+           "continuation_logprobs", "snapshot", "read_tensor"]
