@@ -66,6 +66,30 @@ def _real_data(path: Path) -> Path:
     return path
 
 
+def save_tiny_classifier(root: Path, *, n_docs: int, n_train: int, vocab_size: int, max_length: int,
+                         epochs: int) -> dict:
+    """A tiny BERT fine-tuned end to end on the first ``n_train`` of ``n_docs`` single-label synthetic notes,
+    saved with its tokenizer (class names in its config) under ``root/"model"``; returns the notes
+    (``generate_notes``), ``names``, ``model`` and ``tok``."""
+    from steu_ext.experiments.synthetic import generate_notes
+    from steu_ext.experiments.tiny_models import tiny_bert
+    from steu_ext.methods.finetune import train_classifier
+    from steu_ext.modeling.encoders import Encoded
+    from steu_ext.modeling.labels import label_matrix
+
+    g = generate_notes(n_docs, seed=5, max_labels=1)
+    names = g["label_names"]
+    model, tok = tiny_bert(g["text"], len(names), True, vocab_size=vocab_size)
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {n: i for i, n in enumerate(names)}
+    torch.manual_seed(0)
+    enc = Encoded(tok, g["text"], label_matrix(g["labels"], len(names)), max_length)
+    train_classifier(model, enc, range(n_train), mode="full", epochs=epochs)
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    return dict(notes=g, names=names, model=model, tok=tok)
+
+
 @pytest.fixture(scope="session")
 def medical_abstracts_root():
     _real_data(MEDICAL_ABSTRACTS / "medical_tc_test.csv")

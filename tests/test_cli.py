@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+from conftest import save_tiny_classifier
 
 from steu_ext.cli import EXIT_BAD_INPUT, main
 from steu_ext.experiments.synthetic import generate_notes
@@ -73,24 +74,9 @@ def test_demo_bad_input(tmp_path, capsys, monkeypatch, args, msg):
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     """A tiny BERT fine-tuned on synthetic notes, saved with its tokenizer, plus train/test CSVs."""
-    import torch
-
-    from steu_ext.experiments.tiny_models import tiny_bert
-    from steu_ext.methods.finetune import train_classifier
-    from steu_ext.methods.steu import label_matrix
-    from steu_ext.modeling.encoders import Encoded
-
     root = tmp_path_factory.mktemp("cli")
-    g = generate_notes(300, seed=5, max_labels=1)
-    names = g["label_names"]
-    model, tok = tiny_bert(g["text"], len(names), True, vocab_size=800)
-    model.config.id2label = dict(enumerate(names))
-    model.config.label2id = {n: i for i, n in enumerate(names)}
-    torch.manual_seed(0)
-    enc = Encoded(tok, g["text"], label_matrix(g["labels"], len(names)), 64)
-    train_classifier(model, enc, range(200), mode="full", epochs=3)
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    saved = save_tiny_classifier(root, n_docs=300, n_train=200, vocab_size=800, max_length=64, epochs=3)
+    g, names = saved["notes"], saved["names"]
     for name, part in (("train.csv", range(200)), ("test.csv", range(200, 300))):
         with open(root / name, "w") as f:
             f.write("text,label\n")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import save_tiny_classifier
 
 from steu_ext.data.loaders import load_text_classification
 
@@ -120,23 +121,9 @@ def small_model(tmp_path_factory):
     train/test CSVs, the train one with only 5 cardiology notes."""
     import torch
 
-    from steu_ext.experiments.synthetic import generate_notes
-    from steu_ext.experiments.tiny_models import tiny_bert
-    from steu_ext.methods.finetune import train_classifier
-    from steu_ext.methods.steu import label_matrix
-    from steu_ext.modeling.encoders import Encoded
-
     root = tmp_path_factory.mktemp("usab")
-    g = generate_notes(240, seed=5, max_labels=1)
-    names = g["label_names"]
-    model, tok = tiny_bert(g["text"], len(names), True, vocab_size=600)
-    model.config.id2label = dict(enumerate(names))
-    model.config.label2id = {n: i for i, n in enumerate(names)}
-    torch.manual_seed(0)
-    enc = Encoded(tok, g["text"], label_matrix(g["labels"], len(names)), 32)
-    train_classifier(model, enc, range(160), mode="full", epochs=2)
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    saved = save_tiny_classifier(root, n_docs=240, n_train=160, vocab_size=600, max_length=32, epochs=2)
+    g, names, model, tok = saved["notes"], saved["names"], saved["model"], saved["tok"]
     with torch.no_grad():
         model.classifier.bias[names.index("cardiology")] = -1e4   # never predicted
     model.save_pretrained(root / "mute")

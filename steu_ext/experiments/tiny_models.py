@@ -16,9 +16,9 @@ from torch import nn
 
 from ..data.qa import QAItem, continuation_of, prompt_of
 from ..eval.qa import accuracy
-from ..methods.hds import _pad_id, collate
+from ..methods.hds import collate
 from ..modeling import loading
-from ..modeling.causal_lm import encode_qa, token_logprobs
+from ..modeling.causal_lm import encode_qa, pad_id, token_logprobs
 
 __all__ = ["tiny_bert", "wordpiece_tokenizer", "tiny_causal_lm", "teach"]
 
@@ -101,7 +101,7 @@ def teach(model: nn.Module, tokenizer, items: Sequence[QAItem], *, epochs: int =
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     seqs = [encode_qa(tokenizer, prompt_of(it), continuation_of(it, long_answer=long_answer),
                       max_length)["input_ids"] for it in items]
     device = next(model.parameters()).device

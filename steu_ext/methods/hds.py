@@ -97,7 +97,7 @@ from torch import nn
 from .._progress import show_progress
 from ..data.concepts import PRESERVE, TARGET, ConceptHierarchy
 from ..data.qa import QAItem, continuation_of, prompt_of
-from ..modeling.causal_lm import encode_qa, token_logprobs
+from ..modeling.causal_lm import encode_qa, pad_id, token_logprobs
 from ..ops.grad_project import grad_project_, grad_project_basis_, orthonormal_basis
 
 # the edit as a LoRA adapter (its placement, budget, files and removal): public names of hds as before
@@ -619,10 +619,6 @@ def _ref_sums(model, examples, pad_id, batch_size=32, autocast_dtype: Optional[s
     model.train(was)
 
 
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-
 @dataclass
 class HDSPlan:
     """What :func:`prepare` hands to the training loop (:func:`unlearn` or ``HDSTrainer``)."""
@@ -656,7 +652,7 @@ def prepare(model: nn.Module, tokenizer, forget: Sequence[QAItem], retain: Seque
         missing = set(cfg.forget_domains) - set(hierarchy.domains)
         if missing:
             raise ValueError(f"forget domain(s) {sorted(missing)} not in the hierarchy ({hierarchy.domains})")
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     fex = encode_examples(tokenizer, forget, cfg, forget=True, hierarchy=hierarchy)
     rex = encode_examples(tokenizer, retain, cfg, forget=False) if cfg.retain_loss != "none" else []
     work = copy.deepcopy(model)
@@ -846,7 +842,7 @@ def question_nll(model: nn.Module, tokenizer, items: Sequence[QAItem], *, max_le
     was = model.training
     model.eval()
     device = next(model.parameters()).device
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     out = []
     try:
         for i in range(0, len(items), batch_size):

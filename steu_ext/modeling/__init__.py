@@ -11,14 +11,14 @@ imports none of them (``tests/test_layers.py`` checks the order).
 * :mod:`~steu_ext.modeling.loading`: a pretrained classifier with a head for the user's labels
   (:func:`load_classifier`; :data:`DEFAULT_MODEL` is the offline MiniLM encoder).
 * :mod:`~steu_ext.modeling.causal_lm`: token scoring of causal LMs (:func:`encode_qa`,
-  :func:`token_logprobs`, :func:`continuation_logprobs`).
+  :func:`token_logprobs`, :func:`continuation_logprobs`, the padding id :func:`pad_id`).
 * :mod:`~steu_ext.modeling.params`: parameter snapshots for exact before/after comparisons
   (:func:`snapshot`); tensors read from a safetensors file into aligned memory of their own
   (:func:`read_tensor`).
 
 Importing this package does not import transformers.
 """
-from .causal_lm import continuation_logprobs, encode_qa, token_logprobs
+from .causal_lm import continuation_logprobs, encode_qa, pad_id, token_logprobs
 from .encoders import (
     HEAD_MODULES,
     Encoded,
@@ -38,4 +38,4 @@ from .params import read_tensor, snapshot
 __all__ = ["HEAD_MODULES", "Encoded", "embedding_param_name", "find_head", "is_multi_label", "last_hidden",
            "output_layer", "pooled_features", "predict_logits", "predictions", "label_matrix", "resolve_target",
            "DEFAULT_MODEL", "load_classifier", "offline_minilm_path", "encode_qa", "token_logprobs",
-           "continuation_logprobs", "snapshot", "read_tensor"]
+           "continuation_logprobs", "pad_id", "snapshot", "read_tensor"]

@@ -13,7 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["encode_qa", "token_logprobs", "continuation_logprobs"]
+__all__ = ["encode_qa", "token_logprobs", "continuation_logprobs", "pad_id"]
+
+
+def pad_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token, or 0 for a tokenizer without one (many
+    causal LMs; the padded positions are masked out)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def encode_qa(tokenizer, prompt: str, continuation: str, max_length: int) -> Dict[str, list]:
@@ -63,7 +69,7 @@ def continuation_logprobs(model: nn.Module, tokenizer, pairs: Sequence[Tuple[str
     was = model.training
     model.eval()
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     sums, counts = [], []
     try:
         for i in range(0, len(pairs), batch_size):
