@@ -364,6 +364,7 @@ def test_hds_trainer_trains_checkpoints_and_resumes(tiny, tmp_path):
     tr2 = make(tmp_path / "b")
     tr2.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
     assert tr2.hds_grad.fisher is not None
+    assert all(f.data_ptr() % 64 == 0 for f in tr2.hds_grad.fisher)  # read into aligned memory (read_tensor)
     a, b = tr.unlearned_model(), tr2.unlearned_model()
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=n)   # resumed run ends where the full run did
