@@ -10,7 +10,13 @@ import torch
 
 from steu_ext.data import load_medical_abstracts, stratified_split
 from steu_ext.eval.metrics import modified_parameters, snapshot
-from steu_ext.experiments.compare import METHODS, format_table, run_compare
+from steu_ext.experiments.compare import (
+    FINETUNE_DEFAULTS,
+    METHODS,
+    finetune_settings,
+    format_table,
+    run_compare,
+)
 from steu_ext.experiments.tiny_models import tiny_bert
 from steu_ext.methods import baselines as bl
 from steu_ext.methods.steu import STEUConfig, label_matrix
@@ -196,4 +202,33 @@ def test_run_compare_too_many_top_layers(small_abstracts, tmp_path, monkeypatch)
     with pytest.raises(ValueError, match="top_layers"):
         run_compare(small_abstracts, 0, methods=("gradient_ascent",), out_dir=str(out), top_layers=3,
                     config=STEUConfig(k=8, max_length=32))
+    assert not os.path.exists(out)
+
+
+def test_finetune_settings_shared_by_compare_and_demo(small_abstracts, tmp_path, monkeypatch):
+    """One resolution of the original fine-tune's epochs and lr (defaults per mode, checked): the demo's
+    ``run_experiment`` now refuses a negative epoch count too (it used to skip the fine-tune silently),
+    before any model is built."""
+    import steu_ext.experiments.tiny_models as tiny_models
+    from steu_ext.experiments.steu_demo import run_experiment
+
+    assert finetune_settings("full", None, None) == (FINETUNE_DEFAULTS["full"]["epochs"],
+                                                     FINETUNE_DEFAULTS["full"]["lr"])
+    assert finetune_settings("head", 0, 0.5) == (0, 0.5)
+    for args, msg in ((("ia3", None, None), "finetune_mode"), (("full", -1, None), "finetune_epochs"),
+                      (("head", 2, 0.0), "finetune_lr")):
+        with pytest.raises(ValueError, match=msg):
+            finetune_settings(*args)
+
+    def boom(*a, **k):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(tiny_models, "classifier_or_tiny", boom)
+    out = tmp_path / "demo"
+    for kw, msg in ((dict(finetune_epochs=-1), "finetune_epochs"), (dict(finetune_lr=-1e-3), "finetune_lr"),
+                    (dict(finetune_mode="lora"), "finetune_mode")):
+        with pytest.raises(ValueError, match=msg):
+            run_experiment(small_abstracts, 0, out_dir=str(out), progress=False, **kw)
+        with pytest.raises(ValueError, match=msg):
+            run_compare(small_abstracts, 0, out_dir=str(out), **kw)
     assert not os.path.exists(out)

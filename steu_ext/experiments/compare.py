@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, replace
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -73,6 +73,20 @@ def _check_methods(methods: Sequence[str]) -> List[str]:
 
 
 FINETUNE_DEFAULTS = {"full": {"epochs": 4, "lr": 1e-4}, "head": {"epochs": 30, "lr": 1e-2}}
+
+
+def finetune_settings(mode: str, epochs: Optional[int], lr: Optional[float]) -> Tuple[int, float]:
+    """``(epochs, lr)`` of the original fine-tune: the given values, or :data:`FINETUNE_DEFAULTS` for
+    ``mode`` ("full" or "head") where None; ``ValueError`` for an unknown mode, epochs < 0 or lr <= 0."""
+    if mode not in FINETUNE_DEFAULTS:
+        raise ValueError(f"finetune_mode must be 'full' or 'head', got {mode!r}")
+    epochs = FINETUNE_DEFAULTS[mode]["epochs"] if epochs is None else epochs
+    lr = FINETUNE_DEFAULTS[mode]["lr"] if lr is None else lr
+    if epochs < 0:
+        raise ValueError(f"finetune_epochs must be >= 0, got {epochs}")
+    if not lr > 0:
+        raise ValueError(f"finetune_lr must be > 0, got {lr}")
+    return epochs, lr
 MIN_LEARNED_F1 = 0.5   # an original below this forget F1 has barely learned the class: flagged
 
 
@@ -117,16 +131,7 @@ def run_compare(data: TextClassificationData, target, *, methods: Sequence[str] 
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     if not isinstance(top_layers, int) or top_layers < 0:
         raise ValueError(f"top_layers must be an int >= 0, got {top_layers!r}")
-    if finetune_mode not in FINETUNE_DEFAULTS:
-        raise ValueError(f"finetune_mode must be 'full' or 'head', got {finetune_mode!r}")
-    if finetune_epochs is None:
-        finetune_epochs = FINETUNE_DEFAULTS[finetune_mode]["epochs"]
-    if finetune_lr is None:
-        finetune_lr = FINETUNE_DEFAULTS[finetune_mode]["lr"]
-    if finetune_epochs < 0:
-        raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
-    if not finetune_lr > 0:
-        raise ValueError(f"finetune_lr must be > 0, got {finetune_lr}")
+    finetune_epochs, finetune_lr = finetune_settings(finetune_mode, finetune_epochs, finetune_lr)
     if finetune_epochs == 0 and "retrain" in methods:
         raise ValueError("'retrain' redoes the original fine-tuning: it needs finetune_epochs > 0")
     multi = True if cfg.multi_label is None else bool(cfg.multi_label)  # sigmoid heads by default

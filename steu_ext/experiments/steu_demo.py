@@ -61,7 +61,7 @@ def run_experiment(data: TextClassificationData, target, *, model: str = DEFAULT
     with STEU, evaluate forget/retain F1 and (``probe_fraction > 0``) probe recovery before and after, and
     write ``report.json``, ``f1_before_after.png`` and ``edit.safetensors`` to ``out_dir``."""
     from ..eval.vacuity import refuse_vacuous, vacuity_warnings
-    from .compare import FINETUNE_DEFAULTS, MIN_LEARNED_F1
+    from .compare import MIN_LEARNED_F1, finetune_settings
 
     cfg = config or STEUConfig(seed=seed)
     names = list(data.label_names)
@@ -72,14 +72,9 @@ def run_experiment(data: TextClassificationData, target, *, model: str = DEFAULT
         raise ValueError("the data is multi-label but a single-label (softmax) head was requested")
     t_start = time.perf_counter()
     torch.manual_seed(seed)
-    net, tok, new_head, model_desc = tiny_models.classifier_or_tiny(model, data.text, names, multi, seed)
     mode = finetune_mode or "full"
-    if mode not in FINETUNE_DEFAULTS:
-        raise ValueError(f"finetune_mode must be 'full' or 'head', got {mode!r}")
-    if finetune_epochs is None:
-        finetune_epochs = FINETUNE_DEFAULTS[mode]["epochs"]
-    if finetune_lr is None:
-        finetune_lr = FINETUNE_DEFAULTS[mode]["lr"]
+    finetune_epochs, finetune_lr = finetune_settings(mode, finetune_epochs, finetune_lr)  # before any work
+    net, tok, new_head, model_desc = tiny_models.classifier_or_tiny(model, data.text, names, multi, seed)
     cfg.validate(net.get_input_embeddings().weight.shape[0])  # fail before any training
     train_idx, probe_idx, test_idx = split_protocol(data.labels, test_fraction, probe_fraction, seed)
     Y = label_matrix(data.labels, len(names))
